@@ -205,3 +205,8 @@ def _first(keys: Iterable[str], n: int = 8) -> str:
     keys = list(keys)
     shown = ", ".join(repr(k) for k in keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def torch_shapes(params: Mapping[str, Any], keymap: KeyMap) -> dict[str, tuple[int, ...]]:
+    """PyTorch key -> PyTorch-layout shape, for concrete or abstract (``jax.eval_shape``) parameter trees."""
+    return {keymap.torch_key(p): _torch_shape(p, tuple(v.shape)) for p, v in flatten(params).items()}

@@ -1,0 +1,48 @@
+"""Shared test builders: tiny PyTorch oracles with random (not default) weights, layout converters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TINY_UNET = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
+                 attention_head_dim=8, norm_num_groups=8, sample_size=16)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.06) -> torch.nn.Module:
+    """Every tensor random, norms around 1, so no zero-init layer hides a wiring mistake."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * std
+            is_norm_scale = p.ndim == 1 and "norm" in name and name.endswith("weight")
+            p.copy_(noise * (0.1 / std) + 1.0 if is_norm_scale else noise)
+    return module.eval()
+
+
+def state_dict_np(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def nhwc(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 3, 1))
+
+
+def nchw(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def residual_shapes(batch: int, h: int, w: int, channels=(32, 64, 64, 64), layers: int = 2):
+    """NCHW shapes of the 12 ControlNet down residuals and the mid residual for latents h x w."""
+    shapes = [(batch, channels[0], h, w)]
+    for i, c in enumerate(channels):
+        shapes += [(batch, c, h, w)] * layers
+        if i < len(channels) - 1:
+            h, w = (h + 1) // 2, (w + 1) // 2
+            shapes.append((batch, c, h, w))
+    return shapes, (batch, channels[-1], h, w)
