@@ -1,0 +1,175 @@
+"""The ``xpsr-jax caption`` subcommand: the offline MLLM pass that writes XPSR's prompts into a caption store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "offline MLLM captions (high-level content, low-level quality) of a folder of images"
+
+USAGE = """\
+xpsr-jax caption IMAGES OUT [--hr-dir HR] [--model ID] [--lowlevel-model ID] [--batch-size N]
+                            [--num-shards N --shard-index I] [--dtype D] [--max-length 200] [--merge]
+       xpsr-jax caption --merge OUT
+       xpsr-jax caption --import-official DIR OUT
+       xpsr-jax caption --import-sidecar DIR OUT [--sidecar-field FIELD]"""
+
+DESCRIPTION = """\
+Ask a LLaVA model XPSR's two questions about every image under IMAGES (recursively) and append the answers
+to the JSONL caption store OUT, one record per image id (the file stem relative to IMAGES, e.g. sub/0001):
+  {"id", "highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr"}
+The _hr fields come from the image with the same id under --hr-dir. The settings of every run (models,
+prompts, dtype, generation configs) are added to OUT.meta.json.
+
+High level: llava-hf/llava-1.5-7b-hf with XPSR's exact prompt, max_length 200 counted as transformers 4.36
+counted it (<image> as one token), the model's own decoding (greedy). Low level: XPSR used Q-Instruct
+InternLM-XComposer, which cannot run through transformers' LLaVA classes; by default the same LLaVA model is
+asked XPSR's quality instruction in a LLaVA prompt (recorded as a deviation). --lowlevel-model picks another
+LLaVA-architecture model. Models are hub ids (when online) or local folders.
+
+Resumable: ids that already have a record (whatever its fields) are skipped, so rerun after a crash.
+Split work across processes or hosts with --num-shards/--shard-index: shard I writes OUT with a -shard-I-of-N suffix; opening OUT as a
+caption store (this command does) also reads its shard files, and --merge folds them into OUT once all are done.
+Unreadable images are listed at the end and make the exit status 1; the others are captioned regardless.
+"""
+
+EPILOG = """\
+examples:
+  xpsr-jax caption data/DIV2K/LR captions.jsonl --hr-dir data/DIV2K/HR
+  xpsr-jax caption images/ captions.jsonl --model /models/llava-1.5-7b-hf --batch-size 16 --dtype bfloat16
+  # 4 hosts, then merge:
+  xpsr-jax caption images/ captions.jsonl --num-shards 4 --shard-index $HOST_INDEX
+  xpsr-jax caption --merge captions.jsonl
+  # reuse the official prompt folders (highlevel_prompt/, lowlevel_prompt_q/, *_GT/):
+  xpsr-jax caption --import-official testset/RealSR_CenterCrop realsr_captions.jsonl
+
+exit status: 0 when every image owned by this shard has captions; 1 when some image could not be read or
+paired (listed on stderr); 2 for bad arguments, missing folders or a model that cannot be loaded.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``caption`` on an argparse subparsers object; the parsed args carry ``func=run``."""
+    from .llava import DEFAULT_MAX_LENGTH, DEFAULT_MODEL, DTYPES
+    from .store import FIELDS
+
+    p = subparsers.add_parser("caption", help=HELP, usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="?", metavar="IMAGES", help="folder of images (searched recursively)")
+    p.add_argument("out", nargs="?", metavar="OUT", help="caption store, a .jsonl file")
+    p.add_argument("--hr-dir", metavar="HR", help="folder of the paired HR images (same ids); fills the _hr fields")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID",
+                   help="LLaVA model for the high-level pass: hub id or local folder (default: %(default)s)")
+    p.add_argument("--lowlevel-model", metavar="ID",
+                   help="LLaVA-architecture model for the low-level pass (default: the --model one)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per generate call; with --hr-dir each pair counts once and is run as LR+HR "
+                        "(default: %(default)s)")
+    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the ids into N shards")
+    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="the shard this process captions")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="model dtype; auto = float16 on GPU (as XPSR), float32 on CPU (default: auto)")
+    p.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda when available, else cpu)")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
+                   help="prompt + reply tokens, <image> counted once (default: %(default)s)")
+    p.add_argument("--merge", action="store_true",
+                   help="fold OUT's shard files into OUT (after captioning, when IMAGES is given)")
+    p.add_argument("--import-official", metavar="DIR",
+                   help="import DIR/highlevel_prompt[_GT]/ and DIR/lowlevel_prompt_q[_GT]/ text files into OUT")
+    p.add_argument("--import-sidecar", metavar="DIR", help="import NAME.txt files under DIR into OUT")
+    p.add_argument("--sidecar-field", choices=FIELDS, default="highlevel",
+                   help="field the sidecar texts fill (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"xpsr-jax caption: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _single_out(args) -> str | None:
+    """Import and merge-only modes take one positional, OUT."""
+    return args.images if args.out is None else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``caption`` for parsed arguments; returns the exit status."""
+    imports = [m for m in (args.import_official, args.import_sidecar) if m]
+    if len(imports) > 1:
+        return _error("give one of --import-official and --import-sidecar")
+    if imports:
+        return _run_import(args, Path(imports[0]))
+    if args.merge and args.out is None:
+        out = _single_out(args)
+        if out is None:
+            return _error("--merge needs OUT")
+        return _run_merge(Path(out))
+    if args.images is None or args.out is None:
+        return _error("IMAGES and OUT are required (see --help)")
+    if args.merge and args.num_shards > 1:
+        # merging removes the shard files, which the other shards may still be appending to
+        return _error("with --num-shards, run --merge OUT on its own once every shard has finished")
+    status = _run_caption(args)
+    if status == 2 or not args.merge:
+        return status
+    return max(status, _run_merge(Path(args.out)))
+
+
+def _run_import(args, source: Path) -> int:
+    from .official import import_records, official_folders, read_official, read_sidecars
+
+    out = _single_out(args)
+    if out is None:
+        return _error("an import takes DIR and OUT only")
+    if not source.is_dir():
+        return _error(f"not a folder: {source}")
+    if args.import_official:
+        if not official_folders(source):
+            return _error(f"no highlevel_prompt*/lowlevel_prompt* folders in {source}")
+        records = read_official(source)
+    else:
+        records = read_sidecars(source, args.sidecar_field)
+    count = import_records(out, records)
+    print(f"imported {count} records from {source} into {out}")
+    return 0 if count else 1
+
+
+def _run_merge(out: Path) -> int:
+    from .store import merge_shards, shard_paths
+
+    shards = shard_paths(out)
+    if not shards and not out.is_file():
+        return _error(f"no caption store or shard files at {out}")
+    count = merge_shards(out)
+    print(f"merged {len(shards)} shard files into {out} ({count} records)")
+    return 0
+
+
+def _run_caption(args) -> int:
+    from .runner import CaptionJob, ModelLoadError, caption_folder
+
+    if not Path(args.images).is_dir():
+        return _error(f"IMAGES is not a folder: {args.images}")
+    if args.hr_dir is not None and not Path(args.hr_dir).is_dir():
+        return _error(f"--hr-dir is not a folder: {args.hr_dir}")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        return _error(f"--shard-index must be in [0, {args.num_shards}) and --num-shards at least 1")
+    if args.batch_size < 1 or args.max_length < 2:
+        return _error("--batch-size must be at least 1 and --max-length at least 2")
+    job = CaptionJob(images=Path(args.images), out=Path(args.out),
+                     hr_dir=Path(args.hr_dir) if args.hr_dir else None, model=args.model,
+                     lowlevel_model=args.lowlevel_model, batch_size=args.batch_size, num_shards=args.num_shards,
+                     shard_index=args.shard_index, dtype=args.dtype, device=args.device,
+                     max_length=args.max_length, progress=not args.no_progress)
+    try:
+        result = caption_folder(job)
+    except ModelLoadError as exc:
+        return _error(f"cannot load the model {exc}")
+    print(f"captioned {result.captioned}, already done {result.already_done}, "
+          f"problems {len(result.problems)} -> {result.written_to}")
+    for rid, reason in result.problems:
+        print(f"  {rid}: {reason}", file=sys.stderr)
+    return 1 if result.problems else 0
