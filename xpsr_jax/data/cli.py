@@ -1,0 +1,101 @@
+"""The ``xpsr-jax make-data`` subcommand: HR images -> degraded LR/HR training pairs in ArrayRecord shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "degraded LR/HR training pairs (+ captions) from HR images -> ArrayRecord shards"
+
+DESCRIPTION = """\
+Crop every HR image to 512x512 (random position, horizontal flip p=0.5, reflect padding when smaller),
+sharpen it (USM) and degrade it with the Real-ESRGAN chain XPSR's data used; store the pair as PNGs in
+OUT/records/train-NNNNN-of-MMMMM.array_record, with the image's prompts when --captions is given and the
+random draws in each record's metadata. HR_DIR is a folder (searched recursively for png, jpg, jpeg, webp,
+bmp, tif) or a tfds dataset name such as div2k (downloaded and prepared by tfds: needs network access).
+
+Rerunning with the same settings resumes: complete shards are kept, the rest is redone. Every (image, copy)
+is seeded by (--seed, copy, image index) alone, so hosts and workers do not change the result. When all
+shards exist, tfds metadata is written: tfds.builder_from_directory("OUT/records").as_data_source() works.
+
+Unreadable files are skipped and counted (--on-error fail stops instead); grayscale, alpha, 16-bit, CMYK
+and palette images are converted (see xpsr_jax/data/images.py); images under 512 pixels are padded.
+"""
+
+EPILOG = """\
+examples:
+  xpsr-jax make-data data/DIV2K_train_HR data/pairs --workers 8
+  xpsr-jax make-data data/HR data/pairs --epochs 10 --captions captions.jsonl --workers 16
+  xpsr-jax make-data data/HR data/pairs --num-hosts 4 --host-index 2      # one of four machines
+  xpsr-jax make-data data/HR data/pairs --lr-size 128 --share-draws 10    # raw LR, official batch sharing
+  xpsr-jax make-data data/HR data/hr_only --hr-only                       # for online degradation
+  xpsr-jax make-data div2k data/pairs --tfds-split train                  # tfds (online)
+
+exit status: 0 when this host's shards are complete; 1 on an error naming its cause; 2 for bad arguments.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``make-data`` on an argparse subparsers object; the parsed args carry ``func=run``."""
+    p = subparsers.add_parser("make-data", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="HR_DIR", help="folder of HR images, or a tfds dataset name")
+    p.add_argument("out", metavar="OUT", help="output folder (records/, stats/, plan.json, summary.json)")
+    p.add_argument("--epochs", type=int, default=1, metavar="K",
+                   help="degraded copies of every image, each with new draws (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
+    p.add_argument("--lr-size", type=int, default=None,
+                   help="LR stored bicubic-upsampled to the crop size (default, what XPSR trains on) or at "
+                        "crop/4 (128)")
+    p.add_argument("--crop-size", type=int, default=512, help="HR crop size (default: %(default)s)")
+    p.add_argument("--hr-only", action="store_true",
+                   help="store the whole decoded HR image and no LR: the training pipeline degrades online")
+    p.add_argument("--captions", metavar="JSONL",
+                   help="caption store: one {\"id\", \"highlevel\", \"lowlevel\", \"highlevel_hr\", "
+                        "\"lowlevel_hr\"} object per line; id = path under HR_DIR without extension")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="worker processes (0 or 1: in this process; default: %(default)s)")
+    p.add_argument("--num-hosts", type=int, default=1, help="machines sharing the work (default: %(default)s)")
+    p.add_argument("--host-index", type=int, default=0, help="this machine's index (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=500, metavar="N",
+                   help="pairs per shard, about 0.6 MB each at 512 (default: %(default)s)")
+    p.add_argument("--share-draws", type=int, default=0, metavar="B",
+                   help="share the batch-level degradation draws within groups of B images, as the official "
+                        "script's batches of 10 did (default: 0, every draw per image)")
+    p.add_argument("--no-usm", dest="use_usm", action="store_false",
+                   help="keep the HR crop unsharpened (the official data sharpens it)")
+    p.add_argument("--alpha", choices=("white", "drop"), default="white",
+                   help="images with transparency: composite on white, or drop alpha (default: %(default)s)")
+    p.add_argument("--min-pixels", type=int, default=0,
+                   help="skip images with fewer pixels (SeeSR's data used 147456 = 384^2; default: 0)")
+    p.add_argument("--min-bytes", type=int, default=0,
+                   help="skip files smaller than this (SeeSR's data used 102400; default: 0)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="an unreadable image: skip and count it, or stop (default: %(default)s)")
+    p.add_argument("--tfds-split", default="train", help="tfds source: split (default: %(default)s)")
+    p.add_argument("--tfds-data-dir", help="tfds source: data_dir of a prepared copy")
+    p.add_argument("--tfds-image-key", help="tfds source: image feature (default: hr if present, else image)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from xpsr_jax.data.images import ImageDecodeError
+    from xpsr_jax.data.make_data import MakeDataConfig, format_summary, make_data
+
+    try:
+        cfg = MakeDataConfig(source=args.source, out=args.out, epochs=args.epochs, seed=args.seed,
+                             crop_size=args.crop_size, lr_size=args.lr_size, hr_only=args.hr_only,
+                             shard_size=args.shard_size, workers=args.workers, num_hosts=args.num_hosts,
+                             host_index=args.host_index, captions=args.captions, share_draws=args.share_draws,
+                             use_usm=args.use_usm, alpha=args.alpha, min_pixels=args.min_pixels,
+                             min_bytes=args.min_bytes, on_error=args.on_error, tfds_split=args.tfds_split,
+                             tfds_data_dir=args.tfds_data_dir, tfds_image_key=args.tfds_image_key,
+                             progress=args.progress)
+        summary = make_data(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError, ImageDecodeError) as e:
+        print(f"make-data: error: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
