@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # ml_collections-style overrides (--config.key=value) are not argparse options; keep them aside
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    args.config_overrides = overrides
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

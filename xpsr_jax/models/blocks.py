@@ -33,6 +33,7 @@ class _Block(nn.Module):
     groups: int = 32
     eps: float = 1e-5
     attention_impl: str = "auto"
+    remat: bool = False  # recompute each ResNet / Transformer2D in the backward pass instead of storing it
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -40,10 +41,12 @@ class _Block(nn.Module):
         return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _resnet(self, out_channels: int | None = None) -> ResnetBlock2D:
-        return ResnetBlock2D(out_channels or self.out_channels, self.groups, self.eps, **self._kw())
+        cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
+        return cls(out_channels or self.out_channels, self.groups, self.eps, **self._kw())
 
     def _t2d(self) -> Transformer2D:
-        return Transformer2D(self.heads, self.groups, self.attention_impl, **self._kw())
+        cls = nn.remat(Transformer2D) if self.remat else Transformer2D
+        return cls(self.heads, self.groups, self.attention_impl, **self._kw())
 
 
 class _FusionMixin:

@@ -96,6 +96,8 @@ class UNetConfig:
             down_block_types=down,
             up_block_types=up,
             sample_size=unet.get("sample_size", 64),
+            # not an official field: written only for the ablation without pixel attentions
+            pixel_attention=bool(unet.get("pixel_attention", True)),
         )
         if controlnet is not None:
             for field in ("block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
@@ -111,7 +113,9 @@ class UNetConfig:
                 conditioning_embedding_out_channels=tuple(
                     controlnet.get("conditioning_embedding_out_channels", (16, 32, 96, 256))
                 ),
-                fusion="parallel" if controlnet.get("use_lowlevel_prompt", True) else "high_only",
+                # "fusion" is not an official field: written only for the sequential ablation
+                fusion=controlnet.get("fusion", "parallel" if controlnet.get("use_lowlevel_prompt", True)
+                                      else "high_only"),
                 pixel_dfc=bool(controlnet.get("return_rgbs", True)),
                 latent_dfc=bool(controlnet.get("use_latent_pred", True)),
             )
@@ -145,6 +149,7 @@ class UNetConfig:
             "up_use_lowlevel_prompt": [False] * n,
             "mid_use_lowlevel_prompt": False,
             "down_use_lowlevel_prompt": False,
+            **({} if self.pixel_attention else {"pixel_attention": False}),
         }
 
     def controlnet_diffusers(self) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class UNetConfig:
             "use_rrdb": False,
             "use_lowlevel_prompt": self.fusion != "high_only",
             "use_latent_pred": self.latent_dfc,
+            **({"fusion": "sequential"} if self.fusion == "sequential" else {}),
         }
 
 

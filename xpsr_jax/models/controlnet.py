@@ -58,10 +58,11 @@ class ControlNet(nn.Module):
     attention_impl: str = "auto"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
         cfg = self.config
-        kw = block_kwargs(cfg, self.attention_impl, self.dtype, self.param_dtype)
+        kw = block_kwargs(cfg, self.attention_impl, self.dtype, self.param_dtype, self.remat)
         pkw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ch = cfg.block_out_channels
         self.conv_in = Conv2d(ch[0], **pkw)

@@ -20,9 +20,9 @@ from xpsr_jax.nn.embeddings import TimestepEmbedding, timestep_features
 from xpsr_jax.nn.layers import Conv2d, Dtype, GroupNorm
 
 
-def block_kwargs(cfg: UNetConfig, attention_impl: str, dtype, param_dtype) -> dict:
+def block_kwargs(cfg: UNetConfig, attention_impl: str, dtype, param_dtype, remat: bool = False) -> dict:
     return dict(heads=cfg.attention_head_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps,
-                attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
+                attention_impl=attention_impl, remat=remat, dtype=dtype, param_dtype=param_dtype)
 
 
 def make_down_blocks(cfg: UNetConfig, kw: dict, fusion: str) -> list[nn.Module]:
@@ -47,10 +47,11 @@ class UNet(nn.Module):
     attention_impl: str = "auto"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
         cfg = self.config
-        kw = block_kwargs(cfg, self.attention_impl, self.dtype, self.param_dtype)
+        kw = block_kwargs(cfg, self.attention_impl, self.dtype, self.param_dtype, self.remat)
         pkw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ch = cfg.block_out_channels
         self.conv_in = Conv2d(ch[0], **pkw)

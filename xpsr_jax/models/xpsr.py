@@ -16,6 +16,12 @@ import jax.numpy as jnp
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.models.controlnet import ControlNet, ControlNetOutput
 from xpsr_jax.models.unet import UNet
+from xpsr_jax.nn.init import fresh_params
+
+# Modules whose parameters start at zero (ControlNet's zero convs), for ``fresh_params``; the same modules pass
+# ``zero_init=True`` to their Conv2d for linen's own init.
+ZERO_INIT_MODULES = (r"controlnet/controlnet_down_blocks_\d+", r"controlnet/controlnet_mid_block",
+                     r"controlnet/controlnet_cond_embedding/conv_out")
 
 Params = dict[str, Any]  # {"unet": ..., "controlnet": ...}
 
@@ -27,14 +33,15 @@ class XPSR:
     config: UNetConfig
     attention_impl: str = "auto"
     dtype: Any = None  # compute dtype (None: that of the inputs); parameters stay in their own dtype
+    remat: bool = False  # recompute blocks in the backward pass (training memory)
 
     @property
     def unet(self) -> UNet:
-        return UNet(self.config, self.attention_impl, self.dtype)
+        return UNet(self.config, self.attention_impl, self.dtype, remat=self.remat)
 
     @property
     def controlnet(self) -> ControlNet:
-        return ControlNet(self.config, self.attention_impl, self.dtype)
+        return ControlNet(self.config, self.attention_impl, self.dtype, remat=self.remat)
 
     def example_inputs(self, batch: int = 1, latent: int = 8):
         cfg = self.config
@@ -62,6 +69,10 @@ class XPSR:
     def abstract_params(self, boxed: bool = False) -> Params:
         """Shapes and dtypes only (``jax.eval_shape``), for SD1.5-size checks and sharded creation."""
         return jax.eval_shape(lambda: self.init(jax.random.key(0), boxed=boxed))
+
+    def fresh_params(self, seed: int) -> Params:
+        """PyTorch-default initialisation on the host (NumPy), zero convs zero, without compiling anything."""
+        return fresh_params(self.abstract_params(), seed, ZERO_INIT_MODULES)
 
     def denoise(
         self,

@@ -72,14 +72,19 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load(path: str | Path, components: tuple[str, ...] | None = None) -> tuple[dict, dict]:
-    """-> (meta, params). ``components`` restricts what is read (e.g. ("unet", "controlnet"))."""
+def load(path: str | Path, components: tuple[str, ...] | None = None, target: Mapping[str, Any] | None = None
+         ) -> tuple[dict, dict]:
+    """-> (meta, params). ``components`` restricts what is returned (e.g. ("unet", "controlnet")).
+
+    ``target``: ``jax.ShapeDtypeStruct`` trees (with shardings) per component, to restore arrays straight onto
+    devices in their final layout and dtype; components without a target come back as host arrays.
+    """
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     meta = read_meta(path)
     have = set(meta.get("components", []))
-    want = tuple(components) if components is not None else tuple(sorted(have))
+    want = tuple(components) if components is not None else tuple(sorted(target or have))
     missing = [c for c in want if c not in have]
     if missing:
         raise CheckpointError(f"{path} has no {missing} (it holds {sorted(have)})")
@@ -89,7 +94,13 @@ def load(path: str | Path, components: tuple[str, ...] | None = None) -> tuple[d
             tree_meta = getattr(item_meta, "item_metadata", item_meta)
             # the whole tree is restored (orbax's partial-restore API differs between versions); the VAE and text
             # encoder are small next to the UNet and ControlNet.
-            restored = ckptr.restore(path / "params", jax.tree.map(_abstract, dict(tree_meta)))
+            abstract = jax.tree.map(_abstract, dict(tree_meta))
+            for c, t in (target or {}).items():
+                _check_target(path, c, abstract.get(c), t)
+                abstract[c] = t
+            restored = ckptr.restore(path / "params", abstract)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - any orbax failure here means the folder is damaged
         raise CheckpointError(f"cannot restore parameters from {path / 'params'}: {type(e).__name__}: {e}") from e
     return meta, {c: restored[c] for c in want}
@@ -104,6 +115,21 @@ def unet_config(meta: Mapping[str, Any]) -> UNetConfig:
 
 def _abstract(m):
     return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype)
+
+
+def _check_target(path: Path, component: str, stored, target) -> None:
+    if stored is None:
+        raise CheckpointError(f"{path} has no {component!r} parameters")
+    from xpsr_jax.weights.keymap import flatten
+
+    a, b = flatten(stored), flatten(target)
+    if set(a) != set(b):
+        diff = sorted("/".join(p) for p in set(a) ^ set(b))[:5]
+        raise CheckpointError(f"{path}: {component} parameters differ from the model's, e.g. {diff}")
+    for p in a:
+        if tuple(a[p].shape) != tuple(b[p].shape):
+            raise CheckpointError(f"{path}: {component}/{'/'.join(p)} has shape {a[p].shape}, "
+                                  f"the model needs {b[p].shape}")
 
 
 def _jsonable(o):

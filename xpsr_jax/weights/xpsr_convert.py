@@ -81,8 +81,7 @@ def init_from_sd15(cfg: UNetConfig, sd15_unet: Mapping[str, Any], seed: int = 0)
     conditioning embedding's conv_out zero; everything else (conditioning embedding, ``to_rgbs``,
     ``conv_degradation*``) PyTorch-default init. ``seed`` makes the fresh parts repeatable.
     """
-    model = XPSR(cfg)
-    fresh = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(seed)))
+    fresh = XPSR(cfg).fresh_params(seed)
     unet = copy.deepcopy(fresh["unet"])
     _overwrite(unet, sd15_unet, "unet")
     cn = copy.deepcopy(fresh["controlnet"])

@@ -1,0 +1,79 @@
+"""XPSR as in the paper and the released code: SD1.5, 512 px, effective batch 32, AdamW 5e-5 constant, 300k steps.
+
+Use: xpsr-jax train --config configs/xpsr_sd15.py --workdir runs/xpsr --config.init_from=weights/xpsr-init
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # model: the UNet/ControlNet shape (a diffusers-style dict; empty = SD1.5) and XPSR's switches
+    c.model = ml_collections.ConfigDict()
+    c.model.unet = ml_collections.ConfigDict()  # overrides of UNetConfig fields, e.g. block_out_channels
+    c.model.fusion = "parallel"  # parallel (SFA) | sequential | high_only
+    c.model.pixel_dfc = True
+    c.model.latent_dfc = True
+    # high-level prompt: "empty" in training, the caption when sampling (released code) | "caption" in both
+    # (the paper's intent) | "none": empty in both (ablation)
+    c.model.highlevel_prompt = "empty"
+    c.model.vae = ml_collections.ConfigDict()  # overrides of VAEConfig fields
+    c.model.text_encoder = ml_collections.ConfigDict()  # overrides of the CLIP text config
+    c.model.attention_impl = "auto"  # auto | xla | cudnn
+    c.model.remat = False  # recompute each ResNet / Transformer2D block in the backward pass
+
+    # where the weights start: a Flax checkpoint from `xpsr-jax convert sd15` ("" = random init, tests only)
+    c.init_from = ""
+
+    # loss
+    c.loss = ml_collections.ConfigDict()
+    c.loss.prediction_type = "epsilon"  # epsilon | v_prediction
+    c.loss.dfc_weight = 0.05  # per DFC term (3 RGB + 13 latent)
+    c.loss.latents = "vae_sample"  # vae_sample (encode HR in the step) | precomputed (batch["latents"])
+
+    # optimisation
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 5e-5
+    c.optim.warmup_steps = 0  # the released code configures 500 but its constant schedule ignores them
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 1e-2
+    c.optim.grad_clip_norm = 1.0
+    c.optim.grad_accum_steps = 1
+    c.optim.trainable = ("controlnet/.*", r"unet/.*pixel_attentions.*")  # regexes on parameter paths
+    c.optim.frozen_dtype = "bfloat16"  # frozen weights (UNet, VAE, text encoder) stored in this dtype
+
+    # compute
+    c.compute_dtype = "bfloat16"
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (("data", -1), ("fsdp", 1))  # -1: all remaining devices
+    c.mesh.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("conv_out", "fsdp"),
+        ("mlp", "fsdp"),
+        ("conv_in", None),
+        ("embed", None),
+        ("norm", None),
+        ("vocab", None),
+    )
+
+    # data
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "records"  # records (make-data output) | synthetic
+    c.data.path = ""
+    c.data.resolution = 512
+    c.data.hr_condition_prob = 0.1  # the HR image as the condition, with the HR-derived low-level prompt
+    c.data.worker_count = 0
+    c.global_batch_size = 32
+
+    # schedule of the run
+    c.num_train_steps = 300_000
+    c.log_every = 50
+    c.checkpoint_every = 50_000
+    c.keep_checkpoints = 3
+    c.validate_every = 0  # 0: never (sampling validation needs the inference pipeline)
+    c.device_peak_tflops = 0.0  # for MFU; 0 = look the device up, unknown -> MFU not reported
+    return c

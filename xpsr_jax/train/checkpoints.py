@@ -1,0 +1,60 @@
+"""Run checkpoints with orbax: train state, data-iterator state (one file per process) and the config, together.
+
+Saves are asynchronous and atomic (orbax finalises a step directory only when every host has written its shards);
+``keep`` bounds how many stay. Restoring targets the abstract sharded state, so arrays land in their final layout;
+a checkpoint that exists but does not restore is an error, never a silent fresh start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+class RestoreError(RuntimeError):
+    """A checkpoint exists but could not be restored; the message names it."""
+
+
+class RunCheckpoints:
+    def __init__(self, directory: str | Path, save_every: int, keep: int):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
+                                               enable_async_checkpointing=True, create=True)
+        self.save_every = save_every
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler()},
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any, config: dict, force: bool = False) -> bool:
+        if not force and (self.save_every <= 0 or step % self.save_every):
+            return False
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+            config=ocp.args.JsonSave(config)), force=True)
+
+    def restore(self, abstract_state: Any, data_iter: Any, step: int | None = None) -> tuple[int, Any]:
+        step = self.latest_step() if step is None else step
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iter)))
+        except Exception as e:  # noqa: BLE001 - a damaged or mismatched checkpoint must stop the run, named
+            raise RestoreError(f"cannot restore checkpoint step {step} in {self.directory}: "
+                               f"{type(e).__name__}: {e}") from e
+        return step, out["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

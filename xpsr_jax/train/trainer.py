@@ -1,0 +1,116 @@
+"""Assembles a run: networks, mesh shardings, the train state born sharded, and the step compiled ahead of time."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from xpsr_jax.train import models, partition
+from xpsr_jax.train.step import TrainState, cast_floats, make_optimizer, train_step
+
+
+@dataclasses.dataclass
+class Trainer:
+    config: ml_collections.ConfigDict
+    nets: models.Networks
+    mesh: Mesh
+    mask: Any
+    state_shardings: Any
+    batch_shardings: dict[str, NamedSharding]
+    abstract_state: Any  # ShapeDtypeStructs carrying their shardings (restore target)
+    state_from_params: Callable[[Any, jax.Array], TrainState]
+    step: Any  # compiled: (state, batch) -> (state, metrics)
+    compile_seconds: float
+    flops_per_step: float | None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.config.global_batch_size
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    b, r = config.global_batch_size, config.data.resolution
+    spec = {
+        "hr": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32),
+        "lr": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32),
+        "ids_high": jax.ShapeDtypeStruct((b, 77), jnp.int32),
+        "ids_low": jax.ShapeDtypeStruct((b, 77), jnp.int32),
+    }
+    if config.loss.latents == "precomputed":
+        spec["latents"] = jax.ShapeDtypeStruct((b, r // 8, r // 8, 4), jnp.float32)
+    return spec
+
+
+def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
+    rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
+    dp = partition.data_parallel_size(mesh, rules)
+    accum = config.optim.grad_accum_steps
+    if config.global_batch_size % (dp * accum):
+        raise ValueError(f"global_batch_size {config.global_batch_size} must divide into {dp} data-parallel "
+                         f"shards x {accum} accumulation steps")
+    nets = models.build(config.model, config.compute_dtype)
+    tx = make_optimizer(config.optim)
+    frozen_dtype = jnp.dtype(config.optim.frozen_dtype)
+    boxed = nets.abstract_params(boxed=True)
+    mask = partition.trainable_mask(nn.unbox(boxed), config.optim.trainable)
+
+    def build_state(params, rng):
+        trainable, frozen = partition.split(params, mask)
+        return TrainState(step=jnp.int32(0), trainable=trainable, frozen=cast_floats(frozen, frozen_dtype),
+                          opt_state=tx.init(trainable), rng=rng)
+
+    # Boxes survive tree maps, so the optimizer's moments inherit their parameters' logical axes.
+    boxed_state = jax.eval_shape(build_state, boxed, jax.random.key(0))
+    state_shardings = partition.param_shardings(boxed_state, mesh, rules)
+    param_shardings = partition.param_shardings(boxed, mesh, rules)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  nn.unbox(boxed_state), state_shardings)
+
+    state_from_params = jax.jit(build_state, in_shardings=(param_shardings, None), out_shardings=state_shardings)
+
+    batch = batch_spec(config)
+    batch_shardings = {k: partition.batch_sharding(mesh, rules, len(v.shape)) for k, v in batch.items()}
+    step = jax.jit(
+        functools.partial(train_step, nets=nets, config=config, tx=tx),
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, NamedSharding(mesh, P())),
+        donate_argnums=0,
+    )
+    t0 = time.perf_counter()
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch.items()}
+    compiled = step.lower(abstract_state, abstract_batch).compile()
+    compile_seconds = time.perf_counter() - t0
+    return Trainer(config, nets, mesh, mask, state_shardings, batch_shardings, abstract_state, state_from_params, compiled, compile_seconds, _flops(compiled))
+
+
+def _flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:  # noqa: BLE001 - cost analysis is unavailable on some backends; MFU is then not reported
+        return None
+
+
+def load_pretrained(trainer: Trainer, path: str | Path) -> Any:
+    """Parameters from an ``xpsr-jax convert`` checkpoint, restored straight into their shardings."""
+    from xpsr_jax.weights import checkpoint
+
+    boxed = trainer.nets.abstract_params(boxed=True)
+    shardings = partition.param_shardings(boxed, trainer.mesh, tuple(map(tuple, trainer.config.mesh.logical_axis_rules)))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
+    meta, params = checkpoint.load(path, target=target)
+    want = trainer.nets.xpsr.config
+    have = checkpoint.unet_config(meta)
+    if have != want:
+        raise ValueError(f"{path} holds a model with config {have}, the run config builds {want}")
+    return params
