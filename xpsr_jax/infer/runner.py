@@ -1,0 +1,134 @@
+"""Files in, PNGs out: the work behind ``xpsr-jax sr``, usable from Python too.
+
+    >>> runner = SRRunner.create("weights/xpsr", SRSettings(), captions="captions.jsonl")
+    >>> report = runner.run(["testset/LR"], "out/")
+    >>> report.written, report.failed                      # failed: [(path, reason), ...]
+
+Images are scheduled from their file headers (so a folder is never decoded all at once), decoded when their batch
+runs, and written as soon as it finishes: ``OUT/<name>.png`` plus ``OUT/<name>.json`` with the settings, sizes,
+prompts, tiles and timings. A bad input (unreadable, corrupt, too large) is recorded and skipped; so is a batch
+whose computation raises, so one failure never stops the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from xpsr_jax.data.images import ImageDecodeError
+from xpsr_jax.infer.inputs import InputImage, PromptFinder, discover
+from xpsr_jax.infer.pipeline import SRPipeline, SRResult
+from xpsr_jax.infer.preprocess import image_size, read_lr_image
+from xpsr_jax.infer.settings import SRSettings
+
+
+@dataclass
+class RunReport:
+    written: int = 0
+    no_prompt: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+
+class SRRunner:
+    def __init__(self, pipeline: SRPipeline, prompts: PromptFinder):
+        self.pipeline = pipeline
+        self.prompts = prompts
+
+    @classmethod
+    def create(cls, weights, settings: SRSettings, captions=None, prompt: str | None = None,
+               lowlevel_prompt: str | None = None) -> "SRRunner":
+        store = None
+        if captions is not None:
+            from xpsr_jax.captions.store import CaptionStore
+
+            if not Path(captions).is_file():
+                raise FileNotFoundError(f"caption store not found: {captions}")
+            store = CaptionStore.open(captions)
+        return cls(SRPipeline.from_pretrained(weights, settings), PromptFinder(prompt, lowlevel_prompt, store))
+
+    def run(self, inputs: Sequence[str | Path], out: str | Path, progress: bool = True) -> RunReport:
+        from tqdm import tqdm
+
+        out = Path(out)
+        report = RunReport()
+        items, problems = discover(inputs)
+        report.failed.extend(problems)
+        pipe, s = self.pipeline, self.pipeline.settings
+        planned, plans = [], []
+        for item in items:
+            try:
+                w, h = image_size(item.path)
+                if w * h > s.max_input_pixels:
+                    read_lr_image(item.path, s.max_input_pixels)  # raises the documented error
+                plans.append(pipe.plan((w, h), str(item.path)))
+                planned.append(item)
+            except (ImageDecodeError, OSError) as e:
+                report.failed.append((str(item.path), str(e)))
+        bar = tqdm(total=len(planned), unit="img", disable=not progress, desc="xpsr-jax sr")
+        for batch in pipe.schedule(plans):
+            group = [planned[i] for i in batch.indices]
+            decoded = self._decode(group, report)
+            # a decoded size can differ from the header's (EXIF rotation): such images run in their own calls
+            by_size: dict[tuple, list] = {}
+            for item, rgb, notes in decoded:
+                try:
+                    plan = pipe.plan((rgb.shape[1], rgb.shape[0]), str(item.path))
+                except ImageDecodeError as e:
+                    report.failed.append((str(item.path), str(e)))
+                    continue
+                by_size.setdefault(plan.process, []).append((item, rgb, notes, plan))
+            for members in by_size.values():
+                self._run_members(members, batch, plans[batch.indices[0]].latent, report, out)
+            bar.update(len(group))
+        bar.close()
+        return report
+
+    def _decode(self, group: list[InputImage], report: RunReport):
+        decoded = []
+        for item in group:
+            try:
+                rgb, notes = read_lr_image(item.path, self.pipeline.settings.max_input_pixels)
+                decoded.append((item, rgb, notes))
+            except (ImageDecodeError, OSError) as e:
+                report.failed.append((str(item.path), str(e)))
+        return decoded
+
+    def _run_members(self, members, batch, scheduled_latent, report: RunReport, out: Path) -> None:
+        pipe = self.pipeline
+        items = [m[0] for m in members]
+        prompts = [self.prompts.find(i) for i in items]
+        latent = members[0][3].latent
+        same = latent == scheduled_latent and len(members) == len(batch.indices)
+        sharded = batch.sharded and same
+        try:
+            tile_plan = batch.tile_plan if latent == scheduled_latent else pipe.tile_plan(latent, len(members))
+            results = pipe.run_batch([m[1] for m in members], [m[3] for m in members], prompts,
+                                     [i.image_id for i in items], tile_plan, sharded)
+        except Exception as e:  # noqa: BLE001 - reported per image; the remaining batches still run
+            for item in items:
+                report.failed.append((str(item.path), f"{type(e).__name__}: {e}"))
+            return
+        for (item, _, notes, _), res in zip(members, results):
+            try:
+                self._write(out, item, notes, res)
+            except OSError as e:
+                report.failed.append((str(item.path), f"cannot write output: {e}"))
+                continue
+            report.written += 1
+            report.no_prompt += int(res.prompt.empty)
+            report.outputs.append(out / item.out_rel.with_suffix(".png"))
+
+    def _write(self, out: Path, item: InputImage, notes, res: SRResult) -> None:
+        png = out / item.out_rel.with_suffix(".png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(res.image, np.uint8), "RGB").save(png)
+        meta = {"input": str(item.path), "conversions": list(notes), **res.sidecar(self.pipeline.settings)}
+        if res.prompt.empty:
+            meta["note"] = "no prompts found: ran with empty high- and low-level prompts"
+        png.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

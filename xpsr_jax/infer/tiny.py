@@ -1,0 +1,69 @@
+"""A tiny random XPSR checkpoint (UNet, ControlNet, VAE, CLIP text encoder), built in code for tests and the demo.
+
+Shapes: the 4-level tiny UNet/ControlNet of :func:`xpsr_jax.models.config.tiny_config` (cross-attention width 32),
+a 4-level VAE (block_out_channels (32, 32, 64, 64), one layer per block, 8 norm groups: x8 like SD's) and a
+2-layer CLIP text encoder of width 32 with SD's vocabulary (49408) and 77 positions, so the bundled CLIP tokenizer's
+ids fit. No tokenizer folder is written: the pipeline then uses the bundled vocabulary.
+
+The parameters are drawn in NumPy from the abstract shapes (``jax.eval_shape``), not by running the models'
+initialisers, which XLA:CPU takes tens of seconds to compile. Every tensor is random, zero convolutions and the
+DFC heads included, so no branch of the network is silently off: weights and biases ~ U(+-1/sqrt(fan_in)) like
+PyTorch's default, norm scales ~ 1 + N(0, 0.1^2), embeddings ~ N(0, 0.02^2) (CLIP's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from xpsr_jax.models.clip_text import ClipTextConfig, init_shapes
+from xpsr_jax.models.config import tiny_config
+from xpsr_jax.models.vae import abstract_params as vae_abstract_params
+from xpsr_jax.models.vae_config import VAEConfig
+from xpsr_jax.models.xpsr import XPSR
+from xpsr_jax.weights import checkpoint
+
+TINY_VAE = VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
+TINY_TEXT = ClipTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=77)
+
+
+def _random_like(tree, rng: np.random.Generator):
+    def leaf(path, spec):
+        name = str(getattr(path[-1], "key", path[-1]))
+        shape = tuple(spec.shape)
+        if name == "scale":
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name == "embedding":
+            value = 0.02 * rng.standard_normal(shape)
+        else:
+            # kernels are (..., in, out): fan_in is everything but the last axis; a bias takes its layer's bound,
+            # approximated by its own width
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else shape[0]
+            bound = 1.0 / np.sqrt(max(fan_in, 1))
+            value = rng.uniform(-bound, bound, shape)
+        return value.astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)
+
+
+def tiny_params(seed: int = 0) -> tuple[dict, dict]:
+    """-> (params, meta) of a tiny random XPSR with VAE and text encoder, NumPy float32."""
+    rng = np.random.default_rng(seed)
+    cfg = tiny_config()
+    params = dict(_random_like(XPSR(cfg).abstract_params(), rng))
+    params["vae"] = _random_like(vae_abstract_params(TINY_VAE), rng)
+    params["text_encoder"] = _random_like(init_shapes(TINY_TEXT), rng)
+    meta = {"unet_config": dataclasses.asdict(cfg), "vae_config": dataclasses.asdict(TINY_VAE),
+            "text_encoder_config": dataclasses.asdict(TINY_TEXT),
+            "source": {"kind": "tiny-random", "seed": seed}}
+    return params, meta
+
+
+def make_tiny_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = True) -> Path:
+    """Write a tiny random checkpoint folder that ``SRPipeline.from_pretrained`` and ``xpsr-jax sr`` load."""
+    params, meta = tiny_params(seed)
+    return checkpoint.save(out, params, meta, overwrite=overwrite)
