@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xpsr_jax.nn.axes import constrain_batch
 from xpsr_jax.nn.layers import Dtype
 from xpsr_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from xpsr_jax.nn.transformer import Transformer2D, tokens
@@ -87,7 +88,7 @@ class CrossAttnDownBlock2D(_Block, _FusionMixin):
     def __call__(self, x, temb, e_high, e_low=None) -> tuple[jax.Array, list[jax.Array]]:
         outs = []
         for j in range(self.num_layers):
-            x = self._cross_attend(j, self.resnets[j](x, temb), e_high, e_low)
+            x = constrain_batch(self._cross_attend(j, self.resnets[j](x, temb), e_high, e_low))
             outs.append(x)
         if self.add_downsample:
             x = self.downsamplers[0](x)
@@ -106,7 +107,7 @@ class DownBlock2D(_Block):
     def __call__(self, x, temb, e_high=None, e_low=None) -> tuple[jax.Array, list[jax.Array]]:
         outs = []
         for resnet in self.resnets:
-            x = resnet(x, temb)
+            x = constrain_batch(resnet(x, temb))
             outs.append(x)
         if self.add_downsample:
             x = self.downsamplers[0](x)
@@ -168,6 +169,7 @@ class UpBlock2D(_Block):
                 x = self.attentions[j](x, e_high)
             if self.pixel_attention:
                 x = self.pixel_attentions[j](x, tokens(pixel_contexts[j]))
+            x = constrain_batch(x)
         if self.add_upsample:
             x = self.upsamplers[0](x, upsample_size)
         return x

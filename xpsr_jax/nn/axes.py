@@ -23,3 +23,14 @@ HEADS = "heads"
 CHANNELS = "channels"
 
 ALL_PARAM_AXES = (CONV_IN, CONV_OUT, EMBED, MLP, NORM, VOCAB)
+
+
+def constrain_batch(x):
+    """Keep an activation sharded over the batch (data-parallel) axes, replicated otherwise.
+
+    A no-op unless the caller set ``flax.linen.logical_axis_rules`` and a mesh (the train step does): it tells the
+    partitioner the layout instead of leaving it to propagation, which otherwise re-replicates some activations.
+    """
+    import flax.linen as nn
+
+    return nn.with_logical_constraint(x, (BATCH,) + (None,) * (x.ndim - 1))

@@ -52,6 +52,24 @@ class RunCheckpoints:
                                f"{type(e).__name__}: {e}") from e
         return step, out["state"]
 
+    def restore_state(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any]:
+        """The train state alone (exporting weights needs neither the data iterator nor its files)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise RestoreError(f"no checkpoint in {self.directory}")
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # noqa: BLE001
+            raise RestoreError(f"cannot restore checkpoint step {step} in {self.directory}: "
+                               f"{type(e).__name__}: {e}") from e
+        return step, out["state"]
+
+    def saved_config(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise RestoreError(f"no checkpoint in {self.directory}")
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

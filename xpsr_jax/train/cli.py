@@ -29,6 +29,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
     p.set_defaults(func=run)
 
+    e = sub.add_parser("export", help="a training run's checkpoint -> a Flax checkpoint for sr / convert to-torch",
+                       description="Write the weights of a training run (latest step, or --step) as a Flax "
+                                   "checkpoint folder; add --torch DIR to also write the official PyTorch layout.",
+                       epilog="example:\n  xpsr-jax export runs/xpsr weights/xpsr-trained --torch weights/xpsr-torch",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("workdir", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--step", type=int)
+    e.add_argument("--torch", type=Path, help="also write OUT/{unet,controlnet} for PyTorch")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=run_export)
+
 
 
 
@@ -85,4 +97,19 @@ def run(args) -> int:
 
     summary = train_and_evaluate(config, args.workdir)
     print(f"steps {summary.start_step} -> {summary.end_step}; checkpoints in {args.workdir / 'checkpoints'}")
+    return 0
+
+
+def run_export(args) -> int:
+    from xpsr_jax.train.export import export_run
+
+    out = export_run(args.workdir, args.out, args.step, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    if args.torch:
+        from xpsr_jax.weights import checkpoint
+        from xpsr_jax.weights.xpsr_convert import write_official
+
+        meta, params = checkpoint.load(out, components=("unet", "controlnet"))
+        write_official(checkpoint.unet_config(meta), params, args.torch)
+        print(f"wrote {args.torch / 'unet'} and {args.torch / 'controlnet'}")
     return 0

@@ -36,12 +36,16 @@ class RunSummary:
     preempted: bool
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, trainer=None,
+                       data_iter=None) -> RunSummary:
+    """Train until ``config.num_train_steps``. ``trainer`` (from ``create_trainer`` with an equal config but for
+    the step count) and ``data_iter`` may be passed to reuse a compiled step or feed other data."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape))
-    trainer = create_trainer(config, mesh)
-    data_iter = make_data_iterator(config)
+    if trainer is None:
+        mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape))
+        trainer = create_trainer(config, mesh)
+    data_iter = data_iter if data_iter is not None else make_data_iterator(config)
     ckpts = RunCheckpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
     monitor = Monitor(config, workdir, trainer)
 
@@ -53,7 +57,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state = trainer.state_from_params(params, jax.random.key(config.seed))
         start = 0
     else:
-        state = trainer.state_from_params(trainer.nets.fresh_params(config.seed), jax.random.key(config.seed))
+        params = partition.host_to_global(trainer.nets.fresh_params(config.seed), trainer.plan.param_shardings)
+        state = trainer.state_from_params(params, jax.random.key(config.seed))
         start = 0
 
     preempted = _PreemptionFlag()

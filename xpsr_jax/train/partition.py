@@ -38,13 +38,21 @@ def make_mesh(shape: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | 
     return Mesh(grid, names)
 
 
+# Parameters smaller than this stay replicated: sharding a 4-channel head saves nothing and makes the partitioner
+# gather its gradients' operands (XLA warns "involuntary full rematerialization").
+MIN_SHARDED_SIZE = 1 << 14
+
+
 def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-    """Logical partition specs of a boxed abstract tree -> NamedShardings, replicating indivisible dims."""
+    """Logical partition specs of a boxed abstract tree -> NamedShardings, replicating indivisible dims and
+    parameters under ``MIN_SHARDED_SIZE`` elements."""
     logical = nn.get_partition_spec(boxed_abstract)
     shapes = nn.unbox(boxed_abstract)
 
     def one(spec, leaf):
-        mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec is not None else P()
+        if spec is None or int(np.prod(leaf.shape)) < MIN_SHARDED_SIZE:
+            return NamedSharding(mesh, P())
+        mesh_spec = nn.logical_to_mesh_axes(spec, rules)
         return NamedSharding(mesh, _divisible(mesh_spec, leaf.shape, mesh))
 
     return jax.tree.map(one, logical, shapes, is_leaf=lambda x: isinstance(x, P) or x is None)
@@ -95,3 +103,13 @@ def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, 
     both = flatten(frozen)
     both.update(flatten(trainable))
     return unflatten(both)
+
+
+def host_to_global(tree: Any, shardings: Any) -> Any:
+    """Host NumPy arrays that are identical on every process -> global arrays; each device takes its slice
+    (so a process never uploads what its devices do not hold)."""
+    def one(a, s):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
+
+    return jax.tree.map(one, tree, shardings)

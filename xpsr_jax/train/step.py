@@ -80,7 +80,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, nets, config, 
     trainable = optax.apply_updates(state.trainable, updates)
     metrics = {
         "loss": terms.total, "mse": terms.mse, "dfc_rgb": terms.dfc_rgb, "dfc_latent": terms.dfc_latent,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": learning_rate_schedule(config.optim)(state.step),
     }
     new = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)

@@ -19,22 +19,44 @@ from xpsr_jax.train.step import TrainState, cast_floats, make_optimizer, train_s
 
 
 @dataclasses.dataclass
-class Trainer:
-    config: ml_collections.ConfigDict
+class StatePlan:
+    """How the train state is laid out on the mesh; building it compiles nothing (export uses it alone)."""
+
     nets: models.Networks
     mesh: Mesh
+    rules: tuple
     mask: Any
+    tx: Any
+    param_shardings: Any
     state_shardings: Any
-    batch_shardings: dict[str, NamedSharding]
     abstract_state: Any  # ShapeDtypeStructs carrying their shardings (restore target)
-    state_from_params: Callable[[Any, jax.Array], TrainState]
+    state_from_params: Callable[[Any, jax.Array], TrainState]  # jitted; creates the state already sharded
+
+
+@dataclasses.dataclass
+class Trainer:
+    config: ml_collections.ConfigDict
+    plan: StatePlan
+    batch_shardings: dict[str, NamedSharding]
     step: Any  # compiled: (state, batch) -> (state, metrics)
     compile_seconds: float
     flops_per_step: float | None
 
     @property
-    def global_batch_size(self) -> int:
-        return self.config.global_batch_size
+    def nets(self) -> models.Networks:
+        return self.plan.nets
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.plan.mesh
+
+    @property
+    def abstract_state(self):
+        return self.plan.abstract_state
+
+    @property
+    def state_from_params(self):
+        return self.plan.state_from_params
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
@@ -50,13 +72,8 @@ def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStr
     return spec
 
 
-def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
+def plan_state(config: ml_collections.ConfigDict, mesh: Mesh) -> StatePlan:
     rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
-    dp = partition.data_parallel_size(mesh, rules)
-    accum = config.optim.grad_accum_steps
-    if config.global_batch_size % (dp * accum):
-        raise ValueError(f"global_batch_size {config.global_batch_size} must divide into {dp} data-parallel "
-                         f"shards x {accum} accumulation steps")
     nets = models.build(config.model, config.compute_dtype)
     tx = make_optimizer(config.optim)
     frozen_dtype = jnp.dtype(config.optim.frozen_dtype)
@@ -74,22 +91,33 @@ def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     param_shardings = partition.param_shardings(boxed, mesh, rules)
     abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   nn.unbox(boxed_state), state_shardings)
-
     state_from_params = jax.jit(build_state, in_shardings=(param_shardings, None), out_shardings=state_shardings)
+    return StatePlan(nets, mesh, rules, mask, tx, param_shardings, state_shardings, abstract_state,
+                     state_from_params)
 
+
+def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
+    """Plan the state and compile the train step ahead of time (its compile time and FLOPs are recorded)."""
+    plan = plan_state(config, mesh)
+    dp = partition.data_parallel_size(mesh, plan.rules)
+    accum = config.optim.grad_accum_steps
+    if config.global_batch_size % (dp * accum):
+        raise ValueError(f"global_batch_size {config.global_batch_size} must divide into {dp} data-parallel "
+                         f"shards x {accum} accumulation steps")
     batch = batch_spec(config)
-    batch_shardings = {k: partition.batch_sharding(mesh, rules, len(v.shape)) for k, v in batch.items()}
+    batch_shardings = {k: partition.batch_sharding(mesh, plan.rules, len(v.shape)) for k, v in batch.items()}
     step = jax.jit(
-        functools.partial(train_step, nets=nets, config=config, tx=tx),
-        in_shardings=(state_shardings, batch_shardings),
-        out_shardings=(state_shardings, NamedSharding(mesh, P())),
+        functools.partial(train_step, nets=plan.nets, config=config, tx=plan.tx),
+        in_shardings=(plan.state_shardings, batch_shardings),
+        out_shardings=(plan.state_shardings, NamedSharding(mesh, P())),
         donate_argnums=0,
     )
     t0 = time.perf_counter()
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch.items()}
-    compiled = step.lower(abstract_state, abstract_batch).compile()
+    with mesh, nn.logical_axis_rules(plan.rules):  # activation constraints in the model resolve against these
+        compiled = step.lower(plan.abstract_state, abstract_batch).compile()
     compile_seconds = time.perf_counter() - t0
-    return Trainer(config, nets, mesh, mask, state_shardings, batch_shardings, abstract_state, state_from_params, compiled, compile_seconds, _flops(compiled))
+    return Trainer(config, plan, batch_shardings, compiled, compile_seconds, _flops(compiled))
 
 
 def _flops(compiled) -> float | None:
@@ -105,9 +133,10 @@ def load_pretrained(trainer: Trainer, path: str | Path) -> Any:
     """Parameters from an ``xpsr-jax convert`` checkpoint, restored straight into their shardings."""
     from xpsr_jax.weights import checkpoint
 
-    boxed = trainer.nets.abstract_params(boxed=True)
-    shardings = partition.param_shardings(boxed, trainer.mesh, tuple(map(tuple, trainer.config.mesh.logical_axis_rules)))
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
+    plan = trainer.plan
+    shapes = plan.nets.abstract_params(boxed=False)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                          plan.param_shardings)
     meta, params = checkpoint.load(path, target=target)
     want = trainer.nets.xpsr.config
     have = checkpoint.unet_config(meta)

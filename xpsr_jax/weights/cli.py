@@ -45,7 +45,7 @@ def _sd15_extras(src: str | None) -> tuple[dict, dict, Path | None, str | None]:
     if src is None:
         return {}, {}, None, None
     from xpsr_jax.models.clip_text import load_clip_text
-    from xpsr_jax.models.vae import load_vae
+    from xpsr_jax.models.vae_weights import load_vae
     from xpsr_jax.weights import io
 
     root = io.resolve_model_source(src, ("unet", "vae", "text_encoder", "tokenizer"))
@@ -63,11 +63,12 @@ def run_sd15(args) -> int:
 
     t0 = time.time()
     root = io.resolve_model_source(args.src, ("unet", "vae", "text_encoder", "tokenizer"))
+    print(f"reading the SD1.5 VAE and text encoder from {root}")
+    extras, meta, tok, _ = _sd15_extras(str(root))
     print(f"reading the SD1.5 UNet from {root / 'unet'}")
     cfg, sd_unet = read_sd15_unet(root / "unet")
     print("initialising XPSR from it (ControlNet from the UNet, SFA copies, fresh heads)")
     params = init_from_sd15(cfg, sd_unet, seed=args.seed)
-    extras, meta, tok, _ = _sd15_extras(str(root))
     params.update(extras)
     meta.update(unet_config=dataclasses.asdict(cfg), source={"kind": "sd15", "path": str(args.src),
                                                               "seed": args.seed})

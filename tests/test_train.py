@@ -1,0 +1,176 @@
+"""Training on an 8-device CPU mesh: the trainable split, sharded state, exact resume, NaN stop, preemption, and
+a corrupt checkpoint. One compiled train step (tiny config, data x fsdp = 4 x 2) is shared by the module."""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import tiny, xpsr_sd15  # noqa: E402
+from xpsr_jax.train import models, partition  # noqa: E402
+from xpsr_jax.train.checkpoints import RestoreError  # noqa: E402
+from xpsr_jax.train.loop import NonFiniteLossError, train_and_evaluate  # noqa: E402
+from xpsr_jax.train.synthetic import SyntheticIterator  # noqa: E402
+from xpsr_jax.train.trainer import create_trainer  # noqa: E402
+
+
+def tiny_config(steps=4):
+    c = tiny.get_config()
+    c.model.unet.layers_per_block = 1  # the structure is the same; fewer layers compile faster
+    c.mesh.shape = (("data", 4), ("fsdp", 2))
+    c.num_train_steps = steps
+    c.checkpoint_every = 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    c = tiny_config()
+    return create_trainer(c, partition.make_mesh(c.mesh.shape))
+
+
+def test_trainable_parameters_at_sd15_size():
+    """ControlNet + UNet pixel attentions train (868,451,469 parameters); nothing else does."""
+    c = xpsr_sd15.get_config()
+    abstract = models.build(c.model, c.compute_dtype).abstract_params(boxed=False)
+    mask = partition.trainable_mask(abstract, c.optim.trainable)
+    trainable, frozen = partition.split(abstract, mask)
+    count = lambda t: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(t))  # noqa: E731
+    assert count(trainable) == 868_451_469
+    assert set(frozen) == {"unet", "vae", "text_encoder"}
+    assert count(trainable["unet"]) == 248_234_560
+    assert count(frozen["unet"]) == 859_520_964
+
+
+def test_state_is_born_sharded(trainer):
+    state = trainer.abstract_state
+    assert not any("pixel_attentions" in "/".join(map(str, p)) for p, _ in
+                   jax.tree_util.tree_flatten_with_path(state.frozen)[0])
+    kernel = state.trainable["controlnet"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
+    assert kernel.sharding.spec == P(None, None, None, "fsdp")
+    mu = state.opt_state[1][0].mu["controlnet"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
+    assert mu.sharding.spec == kernel.sharding.spec  # optimizer moments follow their parameters
+    head = state.trainable["controlnet"]["conv_degradation_0_0"]["kernel"]
+    assert head.sharding.spec == P()  # too small to shard
+    assert trainer.batch_shardings["hr"].spec[0] == ("data", "fsdp")
+    assert trainer.compile_seconds > 0 and trainer.flops_per_step and trainer.flops_per_step > 0
+
+
+def test_resume_gives_the_uninterrupted_losses(trainer, tmp_path):
+    full = train_and_evaluate(tiny_config(4), tmp_path / "full", trainer=trainer)
+    assert sorted(full.losses) == [1, 2, 3, 4] and all(np.isfinite(list(full.losses.values())))
+    first = train_and_evaluate(tiny_config(2), tmp_path / "split", trainer=trainer)
+    second = train_and_evaluate(tiny_config(4), tmp_path / "split", trainer=trainer)
+    assert second.start_step == 2
+    assert first.losses == {k: full.losses[k] for k in (1, 2)}
+    assert second.losses == {k: full.losses[k] for k in (3, 4)}  # exactly, not approximately
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "mse", "dfc_rgb", "dfc_latent", "grad_norm", "lr", "img_per_s"} <= set(rows[-1])
+    assert list((tmp_path / "full" / "tensorboard").iterdir())
+
+
+class _PoisonAt(SyntheticIterator):
+    def __init__(self, bad_index, signal_at=None, **kw):
+        super().__init__(**kw)
+        self.bad_index, self.signal_at = bad_index, signal_at
+
+    def __next__(self):
+        if self.signal_at is not None and self.index == self.signal_at:  # arrives while step index+1 runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        batch = super().__next__()
+        if self.index - 1 == self.bad_index:
+            batch["hr"][:] = np.nan
+        return batch
+
+
+def _iterator(c, **kw):
+    return _PoisonAt(local_batch=c.global_batch_size, resolution=c.data.resolution, seed=c.seed, **kw)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(trainer, tmp_path):
+    c = tiny_config(4)
+    with pytest.raises(NonFiniteLossError, match=r"at step 3; stopping.*step 2"):
+        train_and_evaluate(c, tmp_path, trainer=trainer, data_iter=_iterator(c, bad_index=2))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+
+
+def test_sigterm_saves_and_exits(trainer, tmp_path):
+    c = tiny_config(4)
+    summary = train_and_evaluate(c, tmp_path, trainer=trainer, data_iter=_iterator(c, bad_index=-1, signal_at=0))
+    assert summary.preempted and summary.end_step == 1
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+
+
+def test_damaged_checkpoint_is_an_error_not_a_fresh_start(trainer, tmp_path):
+    c = tiny_config(2)
+    train_and_evaluate(c, tmp_path, trainer=trainer)
+    for f in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(b"\0" * 16)
+    with pytest.raises(RestoreError, match="step 2"):
+        train_and_evaluate(tiny_config(4), tmp_path, trainer=trainer)
+
+
+def test_unknown_config_key_is_refused():
+    from xpsr_jax.train.cli import load_config
+
+    with pytest.raises(SystemExit, match="no key 'optim.learning_rat'"):
+        load_config(str(ROOT / "configs/tiny.py"), ["--config.optim.learning_rat=1"])
+    c = load_config(str(ROOT / "configs/ablation_sequential.py"), ["--config.global_batch_size=16"])
+    assert c.model.fusion == "sequential" and c.global_batch_size == 16
+
+
+def test_ablation_configs_change_only_what_they_name():
+    from configs import (ablation_no_dfc, ablation_no_highlevel, ablation_no_latent_dfc, ablation_no_lowlevel,
+                         ablation_no_pixel_dfc, ablation_sequential)
+
+    base = xpsr_sd15.get_config().to_dict()
+    expected = {
+        ablation_no_highlevel: {("model", "highlevel_prompt"): "none"},
+        ablation_no_lowlevel: {("model", "fusion"): "high_only"},
+        ablation_sequential: {("model", "fusion"): "sequential"},
+        ablation_no_dfc: {("model", "pixel_dfc"): False, ("model", "latent_dfc"): False},
+        ablation_no_pixel_dfc: {("model", "pixel_dfc"): False},
+        ablation_no_latent_dfc: {("model", "latent_dfc"): False},
+    }
+    from xpsr_jax.weights.keymap import flatten
+
+    flat_base = flatten(base)
+    for module, diff in expected.items():
+        flat = flatten(module.get_config().to_dict())
+        changed = {k: v for k, v in flat.items() if flat_base.get(k) != v}
+        assert changed == diff, module.__name__
+
+
+def test_export_a_run_to_flax_and_pytorch(trainer, tmp_path):
+    """A run's weights come out as a Flax checkpoint the denoiser reads, and in the official PyTorch layout."""
+    import torch
+
+    from xpsr_jax import XPSRDenoiser, torch_ref
+    from xpsr_jax.cli import main as cli
+    from xpsr_jax.train import partition as part
+
+    train_and_evaluate(tiny_config(2), tmp_path / "run", trainer=trainer)
+    assert cli(["export", str(tmp_path / "run"), str(tmp_path / "flax"), "--torch", str(tmp_path / "pt")]) == 0
+    den = XPSRDenoiser.from_pretrained(tmp_path / "flax", attention_impl="xla")
+    unet, cn = torch_ref.load_official(tmp_path / "pt")
+    rng = np.random.RandomState(0)
+    x, t = rng.randn(1, 4, 16, 16).astype(np.float32), np.array([321])
+    hi, lo, lr = rng.randn(1, 77, 32).astype(np.float32), rng.randn(1, 77, 32).astype(np.float32), \
+        rng.rand(1, 3, 128, 128).astype(np.float32)
+    eps, _ = den(x, t, hi, lo, lr)
+    with torch.no_grad():
+        tt = [torch.from_numpy(a) for a in (x, t, hi, lo, lr)]
+        out = cn(*tt)
+        want = unet(tt[0], tt[1], tt[2], out.down_residuals, out.mid_residual).numpy()
+    assert np.abs(eps - want).max() <= 1e-4 * np.abs(want).max()
