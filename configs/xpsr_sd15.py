@@ -74,6 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 50_000
     c.keep_checkpoints = 3
-    c.validate_every = 0  # 0: never (sampling validation needs the inference pipeline)
+    c.validate_every = 0  # 0: never; else super-resolve validation.lr_dir every so many steps
+    c.validation = ml_collections.ConfigDict()
+    c.validation.lr_dir = ""  # a folder of LR images (e.g. Set5 LR)
+    c.validation.max_images = 4
+    c.validation.steps = 20
+    c.validation.process_size = 512
+    c.validation.upscale = 4.0
     c.device_peak_tflops = 0.0  # for MFU; 0 = look the device up, unknown -> MFU not reported
     return c

@@ -174,3 +174,23 @@ def test_export_a_run_to_flax_and_pytorch(trainer, tmp_path):
         out = cn(*tt)
         want = unet(tt[0], tt[1], tt[2], out.down_residuals, out.mid_residual).numpy()
     assert np.abs(eps - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_validation_hook_samples_images(trainer, tmp_path):
+    from PIL import Image
+
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    rng = np.random.RandomState(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.randint(0, 255, (32, 32, 3), dtype=np.uint8)).save(lr_dir / f"{name}.png")
+    c = tiny_config(2)
+    c.validate_every = 2
+    c.validation.lr_dir = str(lr_dir)
+    c.validation.steps = 2
+    c.validation.process_size = 64
+    c.validation.upscale = 2.0
+    train_and_evaluate(c, tmp_path / "run", trainer=trainer)
+    out = tmp_path / "run/validation/step_0000002"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert Image.open(out / "a.png").size == (64, 64)

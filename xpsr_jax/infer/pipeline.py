@@ -145,6 +145,22 @@ class SRPipeline:
         return cls(checkpoint.unet_config(meta), VAEConfig(**meta["vae_config"]),
                    ClipTextConfig.from_dict(meta["text_encoder_config"]), params, tokenizer, settings)
 
+    def with_params(self, params: dict) -> "SRPipeline":
+        """The same pipeline (settings, compiled functions) with other weights of the same shapes, e.g. the
+        current weights of a training run."""
+        import copy
+
+        new = object.__new__(SRPipeline)
+        new.__dict__.update(self.__dict__)
+        compute = jnp.bfloat16 if self.settings.dtype == "bfloat16" else None
+        den = {"unet": params["unet"], "controlnet": params["controlnet"]}
+        new.denoiser_params = jax.tree.map(lambda a: jnp.asarray(a, compute), den)
+        new.vae = copy.copy(self.vae)
+        new.vae.params = jax.tree.map(jnp.asarray, params["vae"])
+        new.text_params = jax.tree.map(jnp.asarray, params["text_encoder"])
+        new._replicated = {}
+        return new
+
     def with_settings(self, **changes) -> "SRPipeline":
         """A pipeline with changed settings that shares this one's parameters (no reload, new compiles only
         where shapes or static choices change)."""

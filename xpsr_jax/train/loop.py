@@ -21,6 +21,7 @@ from xpsr_jax.train import partition
 from xpsr_jax.train.checkpoints import RunCheckpoints
 from xpsr_jax.train.monitor import Monitor
 from xpsr_jax.train.trainer import create_trainer, load_pretrained
+from xpsr_jax.train.validation import Validator
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,8 +47,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
         mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape))
         trainer = create_trainer(config, mesh)
     data_iter = data_iter if data_iter is not None else make_data_iterator(config)
+    partition.barrier("xpsr_train_ready")
     ckpts = RunCheckpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
     monitor = Monitor(config, workdir, trainer)
+    validator = Validator(config, workdir, trainer.nets)
 
     if ckpts.latest_step() is not None:
         start, state = ckpts.restore(trainer.abstract_state, data_iter)
@@ -81,6 +84,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
                 monitor.step(step, metrics, time.perf_counter() - t0)
                 bar.update(1)
                 ckpts.save(step, state, data_iter, config.to_dict())
+                if validator.due(step):
+                    out = validator.run(step, state, monitor.writer)
+                    if out is not None:
+                        monitor.log_text(f"validation images of step {step} in {out}")
                 if preempted.is_set():
                     monitor.log_text(f"SIGTERM: saving step {step} and stopping")
                     ckpts.save(step, state, data_iter, config.to_dict(), force=True)

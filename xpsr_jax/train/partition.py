@@ -113,3 +113,19 @@ def host_to_global(tree: Any, shardings: Any) -> Any:
         return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
 
     return jax.tree.map(one, tree, shardings)
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process gets here (no-op with one process).
+
+    Hosts reach the first collective at different times (one compiled, another read the compilation cache); the
+    collectives' own rendezvous gives up after 30 s, so the loop lines the hosts up first with a long timeout.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        return
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
