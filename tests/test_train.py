@@ -194,3 +194,10 @@ def test_validation_hook_samples_images(trainer, tmp_path):
     out = tmp_path / "run/validation/step_0000002"
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert Image.open(out / "a.png").size == (64, 64)
+
+
+def test_global_flop_count_covers_the_whole_batch(trainer):
+    """The per-device compiled count times the devices is about the global recount (same program, 8 shards)."""
+    per_device, total = trainer.flops_per_step, trainer.global_flops_per_step
+    assert total and per_device
+    assert 0.7 < per_device * 8 / total < 1.3

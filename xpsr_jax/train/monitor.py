@@ -27,8 +27,9 @@ class Monitor:
     def __init__(self, config, workdir: Path, trainer):
         self.config = config
         self.is_main = jax.process_index() == 0
-        self.flops_per_step = trainer.flops_per_step
         self.peak = device_peak_tflops(config.device_peak_tflops)
+        # counting costs a trace of the step: only where MFU can be reported
+        self.flops_per_step = trainer.global_flops_per_step if (self.peak and jax.process_index() == 0) else None
         self.writer = None
         self.log_file = None
         self._bar = None
@@ -37,8 +38,8 @@ class Monitor:
 
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
             self.log_file = open(workdir / "metrics.jsonl", "a")
-            self.log_text(f"train step compiled in {trainer.compile_seconds:.1f} s; "
-                          f"{self.flops_per_step or 0:.3g} FLOPs per step (XLA cost analysis)")
+            flops = f"; {self.flops_per_step:.4g} FLOPs per step" if self.flops_per_step else ""
+            self.log_text(f"train step compiled in {trainer.compile_seconds:.1f} s{flops}")
 
     @contextlib.contextmanager
     def progress(self, start: int, total: int):
@@ -58,6 +59,7 @@ class Monitor:
         row["img_per_s"] = self.config.global_batch_size / seconds
         if self.flops_per_step and self.peak:
             row["mfu"] = self.flops_per_step / seconds / (self.peak * 1e12 * jax.device_count())
+            row["tflops_per_device"] = self.flops_per_step / seconds / 1e12 / jax.device_count()
         for k, v in row.items():
             self.writer.add_scalar(f"train/{k}", v, step)
         self.log_file.write(json.dumps({"step": step, **row}) + "\n")

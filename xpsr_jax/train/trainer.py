@@ -40,7 +40,26 @@ class Trainer:
     batch_shardings: dict[str, NamedSharding]
     step: Any  # compiled: (state, batch) -> (state, metrics)
     compile_seconds: float
-    flops_per_step: float | None
+    flops_per_step: float | None  # XLA's count for the compiled program: per device, and blind to GPU libraries
+
+    @functools.cached_property
+    def global_flops_per_step(self) -> float | None:
+        """FLOPs of one step over the whole global batch, for MFU.
+
+        The compiled program's count is per device, and on GPUs it misses the matmuls and convolutions that become
+        cuBLAS/cuDNN calls; so the same step is lowered (not compiled) for one CPU device with XLA attention and no
+        remat, whose HLO holds every dot and convolution of the global batch. Costs one trace; computed on demand.
+        """
+        config = ml_collections.ConfigDict(self.config.to_dict())
+        config.model.attention_impl, config.model.remat = "xla", False
+        nets = models.build(config.model, config.compute_dtype)
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        place = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), t)  # noqa: E731
+        fn = jax.jit(functools.partial(train_step, nets=nets, config=config, tx=self.plan.tx))
+        try:
+            return _flops(fn.lower(place(self.plan.abstract_state), place(batch_spec(config))))
+        except Exception:  # noqa: BLE001 - MFU is then not reported
+            return None
 
     @property
     def nets(self) -> models.Networks:
