@@ -97,3 +97,19 @@ def test_pixel_attention_unet_refuses_to_run_without_residuals():
     model = UNet(tiny_config())
     with pytest.raises(ValueError, match="needs the ControlNet's down residuals"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), *_zeros((1, 16, 16, 4), (1,), (1, 77, 32))))
+
+
+@pytest.mark.slow
+def test_sd15_size_forward_matches_diffusers():
+    """The real-size UNet (random weights) against diffusers on 8x8 latents; `make test-slow` runs it."""
+    torch.manual_seed(0)
+    ref = UNet2DConditionModel(cross_attention_dim=768).eval()
+    model = UNet(UNetConfig(pixel_attention=False), attention_impl="xla")
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), *_zeros((1, 8, 8, 4), (1,), (1, 77, 768))))
+    params = torch_to_flax(state_dict_np(ref), UNET_KEYMAP, nn.unbox(expected["params"]), "sd15 unet")
+    rng = np.random.RandomState(0)
+    x, ctx = rng.randn(1, 4, 8, 8).astype(np.float32), rng.randn(1, 77, 768).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x), torch.tensor([500]), torch.from_numpy(ctx)).sample.numpy()
+    got = nchw(jax.jit(model.apply)({"params": params}, nhwc(x), np.array([500]), ctx))
+    assert rel_err(got, want) <= TOL
