@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.resolution = 512
     c.data.hr_condition_prob = 0.1  # the HR image as the condition, with the HR-derived low-level prompt
     c.data.worker_count = 0
+    c.data.online_degradation = False  # True for `make-data --hr-only` records: degrade in the input pipeline
     c.global_batch_size = 32
 
     # schedule of the run

@@ -78,6 +78,17 @@ def test_captions_reach_the_dataset_and_the_sampler(run):
     assert all(r["lowlevel"] and r["highlevel_hr"] for r in records)
     summary = json.loads((out / "data" / "train" / "summary.json").read_text())
     assert summary["host_totals"]["captions"]["joined"] == 8
+    # the dataset is written a second time, with the captions: its pairs must be the ones that were captioned
+    from xpsr_jax.data.pipeline import records_source
+    from xpsr_jax.data.records import parse
+
+    source = records_source(out / "data" / "train")
+    for i in range(len(source)):
+        rec = parse(source[i])
+        captioned = out / "pairs" / "train" / "LR" / f"{rec['id']}#{rec['epoch']}.png"
+        assert rec["lr"] == captioned.read_bytes(), captioned.name
+        # make-data keeps the first line, lstripped, as the official reader did
+        assert rec["lowlevel"] == next(r["lowlevel"] for r in records if r["id"] == captioned.stem).lstrip()
     sidecar = json.loads((out / "sr" / "chelsea.json").read_text())
     assert sidecar["prompt_source"] == {"highlevel": "captions", "lowlevel": "captions"}
     assert sidecar["settings"]["steps"] == 1 and sidecar["sizes"]["output"] == [128, 128]

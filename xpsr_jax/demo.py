@@ -28,7 +28,7 @@ and their HR crops are captioned (the LR-derived low-level prompt describes the 
 dataset is written again with the same seed, now with the prompts joined in (make-data --captions).
 
 examples:
-  xpsr-jax demo                          # -> outputs/demo, about 4-5 minutes on 2 CPU cores
+  xpsr-jax demo                          # -> outputs/demo, 2-5 minutes on 2 CPU cores
   xpsr-jax demo --out /tmp/d --keep      # rerun, reusing the stages an earlier run finished
   xpsr-jax demo --steps 20 --sr-steps 20 # longer training, the paper's sampling step count
 """
@@ -118,7 +118,7 @@ def _load_state(out: Path) -> dict:
 
 def _clear(out: Path, owned) -> bool:
     """Start afresh, deleting only what a demo run writes, so a wrong --out never loses other files."""
-    if out.exists() and any(out.iterdir()) and not (out / STATE_FILE).is_file():
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / STATE_FILE).is_file():
         return False
     _remove([out / name for name in (*owned, STATE_FILE)])
     return True
@@ -252,6 +252,7 @@ def _summary(p, total: float) -> None:
         ("super-resolved", f"{_rel(p.sr)}/ (PNG + JSON with settings and prompts); bicubic: {_rel(p.bicubic)}/"),
         ("report", f"{_rel(p.report)}/index.html, results.md, results.csv, results.json"),
         ("stage times", _rel(p.root / STATE_FILE)),
+        ("compile cache", f"{_rel(p.root / CACHE_DIR)}/ (a second run compiles less; safe to delete)"),
     ]
     print(f"\ndemo finished in {total:.0f} s. Outputs:")
     width = max(len(k) for k, _ in rows)

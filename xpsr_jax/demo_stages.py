@@ -303,7 +303,7 @@ def stage_sr(p: DemoPaths, s: DemoSettings) -> str:
             f"process size {s.process_size} instead of 512)")
 
 
-def stage_bicubic(p: DemoPaths, s: DemoSettings) -> None:
+def write_bicubic(p: DemoPaths) -> None:
     """Plain PIL bicubic x4 of the same LR images: a reference row in the report, so the tiny model's numbers
     are read against something familiar."""
     from PIL import Image
@@ -319,7 +319,7 @@ def stage_eval(p: DemoPaths, s: DemoSettings) -> str:
     from xpsr_jax.eval.evaluate import EvalConfig, RunInfo, evaluate_dataset
     from xpsr_jax.eval.report import summary_rows, write_reports
 
-    stage_bicubic(p, s)
+    write_bicubic(p)
     hr, lr = p.pairs_test / "HR", p.pairs_test / "LR"
     tiny = RunInfo(model_variant=f"tiny random XPSR trained {s.steps} steps on 4 photos (demo)", colour_fix="adain",
                    extra={"note": "the numbers show that the chain runs, not XPSR's quality",

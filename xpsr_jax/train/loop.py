@@ -118,7 +118,8 @@ def make_data_iterator(config: ml_collections.ConfigDict):
         pipe = PipelineConfig(batch_size=local_batch, seed=config.seed,
                               original_image_ratio=config.data.hr_condition_prob,
                               highlevel_prompt="caption" if config.model.highlevel_prompt == "caption" else "empty",
-                              worker_count=config.data.worker_count)
+                              worker_count=config.data.worker_count,
+                              online_degradation=config.data.online_degradation)
         return make_iterator(records_source(config.data.path), pipe, process_index=jax.process_index(),
                              process_count=jax.process_count())
     raise ValueError(f"unknown data.source {config.data.source!r} (records | synthetic)")
