@@ -109,7 +109,8 @@ def make_data_iterator(config: ml_collections.ConfigDict):
     if config.data.source == "synthetic":
         from xpsr_jax.train.synthetic import SyntheticIterator
 
-        return SyntheticIterator(local_batch, config.data.resolution, config.seed, jax.process_index())
+        return SyntheticIterator(local_batch, config.data.resolution, config.seed, jax.process_index(),
+                                 process_count=jax.process_count())
     if config.data.source == "records":
         from xpsr_jax.data.pipeline import PipelineConfig, make_iterator, records_source
 
