@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-MODES = ("fwd", "train")
+MODES = ("fwd", "train", "step")  # step: PyTorch only, train + clipping + AdamW (bench_train.py --compare-torch)
 ANCHOR_FWD_SECONDS = {2: 0.092, 8: 0.092}  # official PyTorch on an H100, SD1.5 size (reference/anchors.md)
 
 
@@ -138,7 +138,7 @@ def bench_jax(args, cfg, latent: int) -> None:
             mem, mem_reason = common.program_bytes(compiled)
             times = common.time_calls(lambda: compiled(*call_args), common.block, args.warmup, args.iters)
             peak_bytes, peak_mem_reason = common.jax_peak_bytes()
-            what = "denoiser_fwd" if mode == "fwd" else "denoiser_train_fwd_bwd"
+            what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step"}[mode]
             common.emit(common.record(
                 what=what, impl="jax", device=dev, config=args.size, batch=batch, dtype=args.dtype,
                 times=times, flops_per_call=flops, compile_s=compile_s, peak_tflops_value=peak,
@@ -181,7 +181,10 @@ def bench_torch(args, cfg, latent: int) -> None:
     peak, peak_reason = (common.peak_tflops(args.peak_tflops) if env.device == "cuda"
                          else (args.peak_tflops or None, "device peak unknown (pass --peak-tflops)"))
     jobs = [("fwd", b) for b in args.batch if "fwd" in args.modes]
-    jobs += [("train", b) for b in args.train_batch if "train" in args.modes]
+    jobs += [(m, b) for m in ("train", "step") for b in args.train_batch if m in args.modes]
+    trainable = [p for m in (unet, controlnet) for p in m.parameters() if p.requires_grad]
+    # the official optimiser: AdamW 5e-5 (0.9, 0.999), eps 1e-8, decay 1e-2, global-norm clipping at 1.0
+    opt = torch.optim.AdamW(trainable, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
     for mode, batch in jobs:
         d = {k: torch.from_numpy(v).to(env.device) for k, v in make_inputs(cfg, batch, latent, args.seed).items()}
         for k in ("sample", "cond", "hr", "z0", "noise"):
@@ -206,6 +209,9 @@ def bench_torch(args, cfg, latent: int) -> None:
                 loss = (eps.float() - d["noise"]).square().mean() + dfc_weight * (
                     sum(l1(m, d["hr"]) for m in out.rgb_dfc) + sum(l1(m, d["z0"]) for m in out.latent_dfc))
                 loss.backward()
+                if mode == "step":
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    opt.step()
                 return loss
         env.reset_peak()
         t0 = time.perf_counter()
@@ -214,7 +220,7 @@ def bench_torch(args, cfg, latent: int) -> None:
         times = common.time_calls(call, env.sync, args.warmup, args.iters)
         peak_bytes, peak_mem_reason = env.peak_bytes()
         flops, flops_reason = env.count_flops(call)
-        what = "denoiser_fwd" if mode == "fwd" else "denoiser_train_fwd_bwd"
+        what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step"}[mode]
         common.emit(common.record(
             what=what, impl="torch_ref", device=dev, config=args.size, batch=batch, dtype=args.dtype, times=times,
             flops_per_call=flops, compile_s=None, peak_tflops_value=peak, peak_bytes=peak_bytes, attention="sdpa",

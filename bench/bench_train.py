@@ -5,6 +5,7 @@ UNet forward/backward, DFC loss, AdamW, clipping), one JSON line per global batc
     python bench/bench_train.py --config configs/xpsr_sd15.py --batch 8 16  # GPU: the paper's model, 512 px
     python bench/bench_train.py --config configs/xpsr_sd15.py --batch 16 --remat
     python bench/bench_train.py --config configs/xpsr_sd15.py --cache /tmp/xla-cache --cold-starts 2
+    python bench/bench_train.py --config configs/xpsr_sd15.py --batch 8 16 --compare-torch   # + torch_ref step
 
 Lines: {"what": "train_step", "impl": "jax", "device", "config", "batch", "dtype", "seconds" (median step),
 "images_per_s", "flops_per_image", "flops_per_step", "tflops_per_s", "mfu", "peak_memory_bytes",
@@ -230,6 +231,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", help="persistent compilation cache folder")
     p.add_argument("--cold-starts", type=int, default=1,
                    help="with --cache: run this many fresh processes one after another (first vs later start)")
+    p.add_argument("--compare-torch", action="store_true",
+                   help="also time the torch_ref PyTorch train step (ControlNet + UNet forward/backward, DFC loss, "
+                        "clipping, AdamW; latents and text embeddings given, as the official anchors) in this run")
     common.add_common_args(p, iters=3, warmup=1)
     return p.parse_args(argv)
 
@@ -260,6 +264,15 @@ def main(argv=None) -> int:
     batches = args.batch or [default_batch]
     for i, batch in enumerate(batches):
         bench_one(args, batch, cold_start, first_in_process=i == 0)
+    if args.compare_torch:
+        import bench_denoiser
+
+        config = load_config(args.config)
+        size = "sd15" if is_sd15_512(config) else "tiny"
+        dtype = "float32" if cpu_tiny else config.compute_dtype
+        bench_denoiser.main(["--size", size, "--modes", "step", "--torch", "--no-jax", "--dtype", dtype,
+                             "--train-batch", *map(str, batches), "--iters", str(args.iters),
+                             "--warmup", str(args.warmup)])
     return 0
 
 
