@@ -277,5 +277,63 @@ def test_caption_reports_unreadable_images_and_captions_the_rest(tiny_llava, tmp
     err = capsys.readouterr().err
     assert "0002: cannot read" in err
     assert set(load_captions(out)) == {"0001", "0003"}
+    # the model loads only for images it can read: the broken one alone is reported, no load attempted
+    assert run_caption(tmp_path / "lr", out, "--model", tmp_path / "missing", "--no-progress") == 1
+    write_images(tmp_path / "lr", ["0004"], (24, 20), seed=4)
+    capsys.readouterr()
     assert run_caption(tmp_path / "lr", out, "--model", tmp_path / "missing", "--no-progress") == 2
     assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_caption_make_data_records_then_join(tiny_llava, tmp_path, capsys):
+    """The official order with one command per step: degrade (make-data), caption the degraded copies straight
+    from the records (ID#COPY keys, LR and HR crop), make-data again with the store: the same pairs, every one
+    joined with its own copy's prompts."""
+    from xpsr_jax.data.make_data import MakeDataConfig, make_data
+    from xpsr_jax.data.pipeline import records_source
+    from xpsr_jax.data.records import parse
+
+    write_images(tmp_path / "hr", ["a", "sub/b", "c"], (80, 72), seed=4)
+    common = dict(source=str(tmp_path / "hr"), epochs=2, crop_size=64, shard_size=4, seed=3, progress=False)
+    make_data(MakeDataConfig(out=str(tmp_path / "degraded"), **common))
+    out = tmp_path / "captions.jsonl"
+    args = ["--model", tiny_llava, "--max-length", 30, "--batch-size", 4, "--no-progress"]
+    for index in range(2):  # two shards, dealt by record number
+        assert run_caption(tmp_path / "degraded", out, "--num-shards", 2, "--shard-index", index, *args) == 0
+    assert run_caption("--merge", out) == 0
+    store = load_captions(out)
+    keys = {f"{i}#{e}" for i in ("a", "sub/b", "c") for e in (0, 1)}
+    assert set(store) == keys
+    assert all(store[k][f] for k in keys for f in ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr"))
+    capsys.readouterr()
+    assert run_caption(tmp_path / "degraded", out, "--model", tmp_path / "no-such-model", "--no-progress") == 0
+    assert "captioned 0, already done 6" in capsys.readouterr().out  # resume: no model load
+
+    summary = make_data(MakeDataConfig(out=str(tmp_path / "train"), captions=str(out), **common))
+    assert summary["host_totals"]["captions"]["joined"] == 6
+    before = [parse(r) for r in records_source(tmp_path / "degraded")]
+    after = [parse(r) for r in records_source(tmp_path / "train")]
+    for old, new in zip(before, after, strict=True):
+        assert (old["id"], old["epoch"], old["lr"], old["hr"]) == (new["id"], new["epoch"], new["lr"], new["hr"])
+        entry = store[f"{new['id']}#{new['epoch']}"]
+        assert [new[f] for f in ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")] == \
+            [entry[f] for f in ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")]
+
+
+def test_caption_records_refuses_hr_only_and_unfinished_outputs(tmp_path, capsys):
+    from xpsr_jax.data.make_data import MakeDataConfig, make_data
+
+    write_images(tmp_path / "hr", ["a", "b", "c"], (80, 72), seed=5)
+    make_data(MakeDataConfig(source=str(tmp_path / "hr"), out=str(tmp_path / "hr_only"), hr_only=True,
+                             progress=False))
+    out = tmp_path / "captions.jsonl"
+    assert run_caption(tmp_path / "hr_only", out, "--model", tmp_path / "unused", "--no-progress") == 2
+    assert "--hr-only" in capsys.readouterr().err
+    make_data(MakeDataConfig(source=str(tmp_path / "hr"), out=str(tmp_path / "pairs"), crop_size=64, shard_size=1,
+                             progress=False))
+    next((tmp_path / "pairs/records").glob("train-00001-*")).unlink()  # an unfinished run
+    assert run_caption(tmp_path / "pairs", out, "--model", tmp_path / "unused", "--no-progress") == 2
+    assert "shards are missing" in capsys.readouterr().err
+    assert run_caption(tmp_path / "pairs", out, "--hr-dir", tmp_path / "hr", "--no-progress") == 2
+    assert "--hr-dir is for image folders" in capsys.readouterr().err
+    assert not out.exists()

@@ -56,7 +56,7 @@ def test_every_output_exists(run):
     out, _ = run
     for name in ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field"):
         assert (out / "photos" / "train" / f"{name}.png").is_file()
-    assert len(list((out / "pairs" / "train" / "LR").glob("*#*.png"))) == 8  # 4 photos x 2 degraded copies
+    assert list((out / "degraded" / "train" / "records").glob("train-*.array_record"))
     for side in ("LR", "HR"):
         assert sorted(p.stem for p in (out / "pairs" / "test" / side).glob("*.png")) == ["chelsea", "coffee"]
     assert list((out / "data" / "train" / "records").glob("train-*.array_record"))
@@ -74,21 +74,21 @@ def test_every_output_exists(run):
 def test_captions_reach_the_dataset_and_the_sampler(run):
     out, _ = run
     records = [json.loads(line) for line in (out / "captions" / "train.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in records) == sorted(p.stem for p in (out / "pairs" / "train" / "LR").iterdir())
     assert all(r["lowlevel"] and r["highlevel_hr"] for r in records)
     summary = json.loads((out / "data" / "train" / "summary.json").read_text())
     assert summary["host_totals"]["captions"]["joined"] == 8
-    # the dataset is written a second time, with the captions: its pairs must be the ones that were captioned
+    # captions were made from the degraded records; the dataset is written a second time, with the captions:
+    # its pairs must be the ones that were captioned, each with its own copy's prompt
     from xpsr_jax.data.pipeline import records_source
     from xpsr_jax.data.records import parse
 
-    source = records_source(out / "data" / "train")
-    for i in range(len(source)):
-        rec = parse(source[i])
-        captioned = out / "pairs" / "train" / "LR" / f"{rec['id']}#{rec['epoch']}.png"
-        assert rec["lr"] == captioned.read_bytes(), captioned.name
+    captioned = {f"{r['id']}#{r['epoch']}": r for r in map(parse, records_source(out / "degraded" / "train"))}
+    assert sorted(r["id"] for r in records) == sorted(captioned) and len(captioned) == 8  # 4 photos x 2 copies
+    for rec in map(parse, records_source(out / "data" / "train")):
+        key = f"{rec['id']}#{rec['epoch']}"
+        assert (rec["lr"], rec["hr"]) == (captioned[key]["lr"], captioned[key]["hr"]), key
         # make-data keeps the first line, lstripped, as the official reader did
-        assert rec["lowlevel"] == next(r["lowlevel"] for r in records if r["id"] == captioned.stem).lstrip()
+        assert rec["lowlevel"] == next(r["lowlevel"] for r in records if r["id"] == key).lstrip()
     sidecar = json.loads((out / "sr" / "chelsea.json").read_text())
     assert sidecar["prompt_source"] == {"highlevel": "captions", "lowlevel": "captions"}
     assert sidecar["settings"]["steps"] == 1 and sidecar["sizes"]["output"] == [128, 128]

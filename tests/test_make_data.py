@@ -210,3 +210,21 @@ def test_reads_what_the_caption_store_writes(tmp_path):
     want = {k: Captions(**{f: v.get(f, "") for f in ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")})
             for k, v in store_mod.load_captions(path).items()}
     assert read_caption_jsonl(path) == want and want["a/0001"].lowlevel_hr == "clean"
+
+
+def test_export_pairs_writes_the_stored_pngs(made, hr_dir, tmp_path, capsys):
+    out, _ = made
+    assert cli_main(["export-pairs", str(out), str(tmp_path / "png"), "--no-progress"]) == 0
+    assert "exported 4 pairs" in capsys.readouterr().out
+    recs = read_all(out)
+    for rec in recs:  # one copy per image: plain ids; the bytes are the stored PNGs
+        for side in ("lr", "hr"):
+            assert (tmp_path / "png" / side.upper() / f"{rec['id']}.png").read_bytes() == rec[side]
+    assert cli_main(["export-pairs", str(out), str(tmp_path / "copies"), "--per-copy-ids", "--no-progress"]) == 0
+    assert sorted(p.relative_to(tmp_path / "copies/LR").as_posix() for p in (tmp_path / "copies/LR").rglob("*.png")) \
+        == sorted(f"{r['id']}#0.png" for r in recs)
+    make_data(MakeDataConfig(source=str(hr_dir), out=str(tmp_path / "hr_only"), hr_only=True, progress=False))
+    assert cli_main(["export-pairs", str(tmp_path / "hr_only"), str(tmp_path / "x"), "--no-progress"]) == 1
+    assert "--hr-only" in capsys.readouterr().err
+    assert cli_main(["export-pairs", str(tmp_path / "nothing"), str(tmp_path / "y")]) == 1
+    assert "no train-*.array_record shards" in capsys.readouterr().err

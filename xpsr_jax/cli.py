@@ -13,6 +13,7 @@ import sys
 COMMANDS = (
     "xpsr_jax.weights.cli",  # convert
     "xpsr_jax.data.cli",  # make-data
+    "xpsr_jax.data.export_pairs",  # export-pairs
     "xpsr_jax.captions.cli",  # caption
     "xpsr_jax.train.cli",  # train
     "xpsr_jax.infer.cli",  # sr

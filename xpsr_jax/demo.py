@@ -24,8 +24,9 @@ HELP = "run the whole chain on bundled photos with a tiny random model (offline,
 
 EPILOG = """\
 order of the data stages, as in XPSR's own pipeline: the photos are degraded first (make-data), the LR images
-and their HR crops are captioned (the LR-derived low-level prompt describes the degraded image), then the
-dataset is written again with the same seed, now with the prompts joined in (make-data --captions).
+and their HR crops are captioned straight from those records (the LR-derived low-level prompt describes the
+degraded image), then the dataset is written again with the same seed, now with the prompts joined in
+(make-data --captions).
 
 examples:
   xpsr-jax demo                          # -> outputs/demo, 2-5 minutes on 2 CPU cores
@@ -93,7 +94,7 @@ def stages(p, s) -> list[Stage]:
         Stage("photos", "bundled photos, 4 for training, 2 held out", D.stage_photos,
               [p.photos_train, p.photos_test]),
         Stage("degrade", "Real-ESRGAN degradation of XPSR's data (make-data)", D.stage_degrade,
-              [p.degraded_train, p.degraded_test, p.pairs_train, p.pairs_test], data),
+              [p.degraded_train, p.degraded_test, p.pairs_test], data),
         Stage("caption", "high- and low-level prompts of LR and HR images with a tiny random LLaVA",
               D.stage_caption, [p.llava, p.captions_train, p.captions_test], data),
         Stage("dataset", "the captioned training set (make-data --captions)", D.stage_dataset, [p.dataset], data),
@@ -240,8 +241,8 @@ def _write_state(out: Path, state: dict, seconds: float) -> None:
 def _summary(p, total: float) -> None:
     rows = [
         ("photos", f"{_rel(p.photos_train)}/, {_rel(p.photos_test)}/"),
-        ("degraded pairs", f"{_rel(p.pairs_train)}/{{LR,HR}}/, {_rel(p.pairs_test)}/{{LR,HR}}/ "
-                           f"(records: {_rel(p.degraded_train.parent)}/)"),
+        ("degraded pairs", f"records: {_rel(p.degraded_train.parent)}/, held-out PNG: "
+                           f"{_rel(p.pairs_test)}/{{LR,HR}}/"),
         ("tiny LLaVA", _rel(p.llava)),
         ("caption stores", f"{_rel(p.captions_train)}, {_rel(p.captions_test)}"),
         ("training set", f"{_rel(p.dataset)}/records/"),

@@ -45,9 +45,9 @@ class DemoPaths:
     def __init__(self, root: Path):
         self.root = root = Path(root)
         self.photos_train, self.photos_test = root / "photos" / "train", root / "photos" / "test"
-        # make-data output without captions, then the same pairs as PNG folders LR/ and HR/
+        # make-data outputs without captions; the held-out pairs also as PNG folders LR/ and HR/ (sr, eval)
         self.degraded_train, self.degraded_test = root / "degraded" / "train", root / "degraded" / "test"
-        self.pairs_train, self.pairs_test = root / "pairs" / "train", root / "pairs" / "test"
+        self.pairs_test = root / "pairs" / "test"
         self.llava = root / "models" / "tiny-llava"
         self.captions_train, self.captions_test = root / "captions" / "train.jsonl", root / "captions" / "test.jsonl"
         self.dataset = root / "data" / "train"
@@ -96,35 +96,18 @@ def stage_photos(p: DemoPaths, s: DemoSettings) -> str:
 
 # ---------------------------------------------------------------------------------------------------- degrade
 
-def _export_pairs(records_out: Path, pairs: Path, per_copy_ids: bool) -> int:
-    """make-data records -> pairs/LR/<id>.png and pairs/HR/<id>.png, the folders the caption pass, ``sr`` and
-    ``eval`` read. ``per_copy_ids``: name each degraded copy ``<id>#<epoch>``, the key make-data's caption lookup
-    tries first, so every copy gets the low-level description of its own degradation."""
-    from xpsr_jax.data.pipeline import records_source
-    from xpsr_jax.data.records import parse
-
-    source = records_source(records_out)
-    for sub in ("LR", "HR"):
-        (pairs / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(len(source)):
-        rec = parse(source[i])
-        name = f"{rec['id']}#{rec['epoch']}" if per_copy_ids else rec["id"]
-        (pairs / "LR" / f"{name}.png").write_bytes(rec["lr"])  # already PNG bytes
-        (pairs / "HR" / f"{name}.png").write_bytes(rec["hr"])
-    return len(source)
-
-
 def stage_degrade(p: DemoPaths, s: DemoSettings) -> str:
     """`xpsr-jax make-data`: the Real-ESRGAN chain of XPSR's data on both photo sets."""
+    from xpsr_jax.data.export_pairs import export_pairs
     from xpsr_jax.data.make_data import MakeDataConfig, make_data
 
-    make_data(MakeDataConfig(source=str(p.photos_train), out=str(p.degraded_train), epochs=s.epochs, seed=s.seed,
-                             crop_size=s.crop_size, progress=False))
-    n_train = _export_pairs(p.degraded_train, p.pairs_train, per_copy_ids=True)
-    # held out: a fresh seed, and the LR kept at 1/4 so that `sr` really upscales x4
+    summary = make_data(MakeDataConfig(source=str(p.photos_train), out=str(p.degraded_train), epochs=s.epochs,
+                                       seed=s.seed, crop_size=s.crop_size, progress=False))
+    n_train = summary["host_totals"]["written"]
+    # held out: a fresh seed, and the LR kept at 1/4 so that `sr` really upscales x4; `xpsr-jax export-pairs`
     make_data(MakeDataConfig(source=str(p.photos_test), out=str(p.degraded_test), seed=s.seed + 1000,
                              crop_size=s.test_hr_size, lr_size=s.test_hr_size // 4, progress=False))
-    n_test = _export_pairs(p.degraded_test, p.pairs_test, per_copy_ids=False)
+    n_test = export_pairs(p.degraded_test, p.pairs_test, per_copy_ids=False)
     lr = s.test_hr_size // 4
     return (f"{n_train} training pairs ({s.crop_size}² HR, LR upsampled to {s.crop_size}²), {n_test} held-out "
             f"pairs ({lr}² LR, {s.test_hr_size}² HR)")
@@ -133,7 +116,8 @@ def stage_degrade(p: DemoPaths, s: DemoSettings) -> str:
 # ---------------------------------------------------------------------------------------------------- caption
 
 def stage_caption(p: DemoPaths, s: DemoSettings) -> str:
-    """`xpsr-jax caption LR OUT --hr-dir HR --model tiny-llava`: both prompts of every LR image and its HR."""
+    """`xpsr-jax caption degraded/train OUT --model tiny-llava` (every degraded copy, straight from the records)
+    and `xpsr-jax caption pairs/test/LR OUT --hr-dir pairs/test/HR`: both prompts of every LR image and its HR."""
     from xpsr_jax.captions.runner import CaptionJob, caption_folder, load_captioners
     from xpsr_jax.captions.tiny import make_tiny_llava
 
@@ -144,13 +128,13 @@ def stage_caption(p: DemoPaths, s: DemoSettings) -> str:
     make_tiny_llava(p.llava, seed=s.seed)
     captioners = None
     n = 0
-    for pairs, out in ((p.pairs_train, p.captions_train), (p.pairs_test, p.captions_test)):
-        job = CaptionJob(images=pairs / "LR", out=out, hr_dir=pairs / "HR", model=str(p.llava), device="cpu",
-                         progress=False)
+    for images, hr_dir, out in ((p.degraded_train, None, p.captions_train),
+                                (p.pairs_test / "LR", p.pairs_test / "HR", p.captions_test)):
+        job = CaptionJob(images=images, out=out, hr_dir=hr_dir, model=str(p.llava), device="cpu", progress=False)
         captioners = captioners or load_captioners(job)
         result = caption_folder(job, captioners)
         if result.problems:
-            raise RuntimeError(f"captioning {pairs} failed: {result.problems[:3]}")
+            raise RuntimeError(f"captioning {images} failed: {result.problems[:3]}")
         n += result.captioned
     return (f"{n} LR images and their HR crops, a high- and a low-level prompt for each (a random LLaVA: word "
             "salad)")

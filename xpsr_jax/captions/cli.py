@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "offline MLLM captions (high-level content, low-level quality) of a folder of images"
+HELP = "offline MLLM captions (high-level content, low-level quality) of an image folder or make-data pairs"
 
 USAGE = """\
 xpsr-jax caption IMAGES OUT [--hr-dir HR] [--model ID] [--lowlevel-model ID] [--batch-size N]
@@ -21,6 +21,11 @@ to the JSONL caption store OUT, one record per image id (the file stem relative 
   {"id", "highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr"}
 The _hr fields come from the image with the same id under --hr-dir. The settings of every run (models,
 prompts, dtype, generation configs) are added to OUT.meta.json.
+
+IMAGES may also be a make-data output (the folder holding records/): then every record's degraded LR and
+its HR crop are captioned under the key ID#COPY, the key `make-data --captions` joins on first. This is the
+official order (degrade, caption the degraded copies, build the dataset with their prompts), with no image
+folders written in between.
 
 High level: llava-hf/llava-1.5-7b-hf with XPSR's exact prompt, max_length 200 counted as transformers 4.36
 counted it (<image> as one token), the model's own decoding (greedy). Low level: XPSR used Q-Instruct
@@ -37,6 +42,9 @@ Unreadable images are listed at the end and make the exit status 1; the others a
 EPILOG = """\
 examples:
   xpsr-jax caption data/DIV2K/LR captions.jsonl --hr-dir data/DIV2K/HR
+  # the degraded copies of a make-data run (no captions yet), then the dataset with their prompts:
+  xpsr-jax caption data/degraded captions.jsonl --model /models/llava-1.5-7b-hf
+  xpsr-jax make-data data/HR data/train --captions captions.jsonl   # same settings as data/degraded
   xpsr-jax caption images/ captions.jsonl --model /models/llava-1.5-7b-hf --batch-size 16 --dtype bfloat16
   # 4 hosts, then merge:
   xpsr-jax caption images/ captions.jsonl --num-shards 4 --shard-index $HOST_INDEX
@@ -56,7 +64,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("caption", help=HELP, usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="?", metavar="IMAGES", help="folder of images (searched recursively)")
+    p.add_argument("images", nargs="?", metavar="IMAGES",
+                   help="folder of images (searched recursively), or a make-data output folder")
     p.add_argument("out", nargs="?", metavar="OUT", help="caption store, a .jsonl file")
     p.add_argument("--hr-dir", metavar="HR", help="folder of the paired HR images (same ids); fills the _hr fields")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID",
@@ -168,6 +177,8 @@ def _run_caption(args) -> int:
         result = caption_folder(job)
     except ModelLoadError as exc:
         return _error(f"cannot load the model {exc}")
+    except (ValueError, FileNotFoundError) as exc:  # records: unfinished output, --hr-only records, --hr-dir
+        return _error(str(exc))
     print(f"captioned {result.captioned}, already done {result.already_done}, "
           f"problems {len(result.problems)} -> {result.written_to}")
     for rid, reason in result.problems:

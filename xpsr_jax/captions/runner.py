@@ -146,29 +146,42 @@ def _load_batch(batch, problems):
 def caption_folder(job: CaptionJob, captioners=None) -> CaptionResult:
     """Caption every image of ``job.images`` this shard owns and has not captioned yet.
 
-    ``captioners`` (high, low) may be passed to reuse loaded models; otherwise they are loaded only when
-    there is work to do, so a finished run costs no model load.
+    ``job.images`` is a folder of images, or a make-data output whose records are captioned pair by pair
+    (``records.RecordPairs``). ``captioners`` (high, low) may be passed to reuse loaded models; otherwise they are
+    loaded only when there is work to do, so a finished run costs no model load.
     """
     from tqdm import tqdm
+
+    from .records import RecordPairs, is_records_folder
 
     if job.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     shard = None if job.num_shards == 1 else job.shard_index
     store = CaptionStore.open(job.out, shard_index=shard, num_shards=None if shard is None else job.num_shards)
-    work = plan(job, store)
-    problems = list(work.problems)
-    captioned = 0
-    if work.pending:
-        high, low = captioners or load_captioners(job)
-        store.add_run_meta(_run_meta(job, high, low, work))
-        with store, tqdm(total=len(work.pending), unit="img", desc="caption", disable=not job.progress) as bar:
-            for start in range(0, len(work.pending), job.batch_size):
-                batch = work.pending[start:start + job.batch_size]
-                loaded = _load_batch(batch, problems)
-                if loaded:
-                    captioned += _caption_batch(loaded, high, low, store)
-                bar.update(len(batch))
-    return CaptionResult(captioned, work.already_done, problems, store.write_path)
+    if is_records_folder(job.images):
+        if job.hr_dir is not None:
+            raise ValueError("the records hold each pair's HR crop already; --hr-dir is for image folders")
+        records = RecordPairs(job.images, job.num_shards, job.shard_index)
+        work = Work(records.pending, 0, records.problems)
+        done = store.done_ids()
+        load = lambda batch, problems: records.load_batch(batch, done)  # noqa: E731
+    else:
+        records, work, load = None, plan(job, store), _load_batch
+    problems = work.problems
+    captioned, meta_written = 0, False
+    with store, tqdm(total=len(work.pending), unit="img", desc="caption", disable=not job.progress) as bar:
+        for start in range(0, len(work.pending), job.batch_size):
+            batch = work.pending[start:start + job.batch_size]
+            loaded = load(batch, problems)
+            if loaded:
+                if not meta_written:  # first real work: load the models (unless given), record the settings
+                    captioners = captioners or load_captioners(job)
+                    store.add_run_meta(_run_meta(job, *captioners, work))
+                    meta_written = True
+                captioned += _caption_batch(loaded, *captioners, store)
+            bar.update(len(batch))
+    already = work.already_done + (records.already_done if records is not None else 0)
+    return CaptionResult(captioned, already, problems, store.write_path)
 
 
 def _caption_batch(loaded, high, low, store: CaptionStore) -> int:
