@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     from xpsr_jax.data.images import ImageDecodeError
     from xpsr_jax.data.make_data import MakeDataConfig, format_summary, make_data
 
+    from xpsr_jax.paths import check_local
+
     try:
+        check_local(args.out, "OUT")
+        check_local(args.source, "HR_DIR")
         cfg = MakeDataConfig(source=args.source, out=args.out, epochs=args.epochs, seed=args.seed,
                              crop_size=args.crop_size, lr_size=args.lr_size, hr_only=args.hr_only,
                              shard_size=args.shard_size, workers=args.workers, num_hosts=args.num_hosts,

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xpsr_jax.paths import check_local, local_path
+
 EXAMPLES = """examples:
   xpsr-jax train --config configs/xpsr_sd15.py --workdir runs/xpsr --config.init_from=weights/xpsr-init \\
       --config.data.path=data/train
@@ -21,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train XPSR (sharded, resumable)", description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config file, e.g. configs/xpsr_sd15.py")
-    p.add_argument("--workdir", required=True, type=Path, help="checkpoints, TensorBoard events, metrics.jsonl")
+    p.add_argument("--workdir", required=True, type=local_path,
+                   help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder)")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -34,10 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint folder; add --torch DIR to also write the official PyTorch layout.",
                        epilog="example:\n  xpsr-jax export runs/xpsr weights/xpsr-trained --torch weights/xpsr-torch",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("workdir", type=Path)
-    e.add_argument("out", type=Path)
+    e.add_argument("workdir", type=local_path)
+    e.add_argument("out", type=local_path)
     e.add_argument("--step", type=int)
-    e.add_argument("--torch", type=Path, help="also write OUT/{unet,controlnet} for PyTorch")
+    e.add_argument("--torch", type=local_path, help="also write OUT/{unet,controlnet} for PyTorch")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=run_export)
 
@@ -93,6 +96,13 @@ def initialize_distributed(args) -> None:
 def run(args) -> int:
     initialize_distributed(args)
     config = load_config(args.config, getattr(args, "config_overrides", []))
+    try:
+        for key in ("data.path", "init_from"):
+            value = config.data.path if key == "data.path" else config.init_from
+            if value:
+                check_local(value, f"config.{key}")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     from xpsr_jax.train.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, args.workdir)
