@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -121,8 +122,12 @@ def make_data_iterator(config: ml_collections.ConfigDict):
                               highlevel_prompt="caption" if config.model.highlevel_prompt == "caption" else "empty",
                               worker_count=config.data.worker_count,
                               online_degradation=config.data.online_degradation)
-        return make_iterator(records_source(config.data.path), pipe, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+        source = records_source(config.data.path)
+        index, count = jax.process_index(), jax.process_count()
+        # every process says what it reads: on a pod this is the first place to look when hosts disagree
+        print(f"data: process {index} of {count} reads {len(source) // count} of {len(source)} records "
+              f"({config.data.path}), batches of {local_batch}", file=sys.stderr, flush=True)
+        return make_iterator(source, pipe, process_index=index, process_count=count)
     raise ValueError(f"unknown data.source {config.data.source!r} (records | synthetic)")
 
 
