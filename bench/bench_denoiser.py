@@ -43,7 +43,7 @@ def model_config(size: str):
 
 def train_settings():
     """Which parameters train and the DFC weight, from the paper config (one source of truth)."""
-    from configs import xpsr_sd15
+    from xpsr_jax.configs import xpsr_sd15
 
     c = xpsr_sd15.get_config()
     return tuple(c.optim.trainable), float(c.loss.dfc_weight)

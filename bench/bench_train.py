@@ -1,11 +1,11 @@
 """Training speed: the whole train step as ``create_trainer`` builds it (VAE encode, text encoder, ControlNet +
 UNet forward/backward, DFC loss, AdamW, clipping), one JSON line per global batch size.
 
-    python bench/bench_train.py                                            # CPU: configs/tiny.py
-    python bench/bench_train.py --config configs/xpsr_sd15.py --batch 8 16  # GPU: the paper's model, 512 px
-    python bench/bench_train.py --config configs/xpsr_sd15.py --batch 16 --remat
-    python bench/bench_train.py --config configs/xpsr_sd15.py --cache /tmp/xla-cache --cold-starts 2
-    python bench/bench_train.py --config configs/xpsr_sd15.py --batch 8 16 --compare-torch   # + torch_ref step
+    python bench/bench_train.py                                            # CPU: xpsr_jax/configs/tiny.py
+    python bench/bench_train.py --config xpsr_sd15 --batch 8 16  # GPU: the paper's model, 512 px
+    python bench/bench_train.py --config xpsr_sd15 --batch 16 --remat
+    python bench/bench_train.py --config xpsr_sd15 --cache /tmp/xla-cache --cold-starts 2
+    python bench/bench_train.py --config xpsr_sd15 --batch 8 16 --compare-torch   # + torch_ref step
 
 Lines: {"what": "train_step", "impl": "jax", "device", "config", "batch", "dtype", "seconds" (median step),
 "images_per_s", "flops_per_image", "flops_per_step", "tflops_per_s", "mfu", "peak_memory_bytes",
@@ -48,11 +48,13 @@ CHILD_ENV = "XPSR_BENCH_COLD_START"
 # training tests do) and the default run within a few minutes on 2 cores.
 CPU_TINY_SET = ("model.unet.layers_per_block=1",)
 CPU_TINY_BATCH = 2
-DEFAULT_CONFIG = common.ROOT / "configs" / "tiny.py"
+DEFAULT_CONFIG = common.ROOT / "xpsr_jax" / "configs" / "tiny.py"
 
 
 def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_run_config", path)
+    from xpsr_jax.configs import resolve
+
+    spec = importlib.util.spec_from_file_location("bench_run_config", resolve(path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -219,7 +221,7 @@ def enable_cache(args) -> None:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="a config file (default: configs/tiny.py)")
+    p.add_argument("--config", default="tiny", help="a bundled config's name or a config file (default: tiny)")
     p.add_argument("--batch", type=int, nargs="+",
                    help=f"global batch sizes (default: the config's; {CPU_TINY_BATCH} on CPU with the tiny config)")
     p.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
@@ -257,7 +259,9 @@ def main(argv=None) -> int:
         cold_start = cold_start or 1
     import jax
 
-    cpu_tiny = jax.default_backend() == "cpu" and Path(args.config).resolve() == DEFAULT_CONFIG
+    from xpsr_jax.configs import resolve
+
+    cpu_tiny = jax.default_backend() == "cpu" and resolve(args.config) == DEFAULT_CONFIG
     if args.set is None:
         args.set = list(CPU_TINY_SET) if cpu_tiny else []
     default_batch = max(CPU_TINY_BATCH, jax.device_count()) if cpu_tiny else load_config(args.config).global_batch_size

@@ -16,7 +16,7 @@ py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.csv" 2>&1 || true
 "$py" -c "import jax, torch; print(jax.__version__, jax.devices(), torch.__version__)" > "$out/versions.txt" 2>&1
 status=0
-"$py" "$here/bench_train.py" --config "$here/../configs/xpsr_sd15.py" --batch "$batch" --compare-torch \
+"$py" "$here/bench_train.py" --config xpsr_sd15 --batch "$batch" --compare-torch \
     --iters 10 --warmup 2 > "$out/train.jsonl" 2> "$out/train.log" || status=1
 "$py" "$here/bench_sr.py" --model sd15 --dtype bfloat16 --batches 1 8 --repeats 2 \
     > "$out/sr.jsonl" 2> "$out/sr.log" || status=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run one command as N local JAX processes (a multi-host run on one machine, CPU devices; the tests use it).
 
-    python launch/local.py --num-processes 2 -- xpsr-jax train --config configs/tiny.py --workdir runs/mh
+    python launch/local.py --num-processes 2 -- xpsr-jax train --config tiny --workdir runs/mh
 
 Each process gets --coordinator/--num-processes/--process-id appended and its own log file
 (WORKDIR_LOGS/process_I.log); the launcher waits for all, and if one fails it stops the others and exits non-zero.

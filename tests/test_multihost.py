@@ -21,7 +21,7 @@ def cache(tmp_path_factory):
 
 
 def _cmd(workdir: Path, steps: int, *extra: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "xpsr-jax"), "train", "--config", str(ROOT / "configs/tiny.py"),
+    return [str(Path(sys.executable).parent / "xpsr-jax"), "train", "--config", str(ROOT / "xpsr_jax/configs/tiny.py"),
             "--workdir", str(workdir), f"--config.num_train_steps={steps}", "--config.checkpoint_every=1",
             "--config.model.unet.layers_per_block=1", "--config.global_batch_size=4",
             "--config.data.resolution=64", "--config.mesh.shape=(('data', 2), ('fsdp', 2))", *extra]
@@ -93,7 +93,7 @@ def test_sigkill_mid_run_resumes_with_identical_losses(tmp_path):
     import signal
     import time
 
-    cmd = [str(Path(sys.executable).parent / "xpsr-jax"), "train", "--config", str(ROOT / "configs/tiny.py"),
+    cmd = [str(Path(sys.executable).parent / "xpsr-jax"), "train", "--config", str(ROOT / "xpsr_jax/configs/tiny.py"),
            "--workdir", str(tmp_path / "run"), "--config.num_train_steps=6", "--config.checkpoint_every=2",
            "--config.model.unet.layers_per_block=1", "--config.global_batch_size=2",
            "--config.data.resolution=64", "--config.mesh.shape=(('data', 1), ('fsdp', 1))"]

@@ -8,7 +8,7 @@ from xpsr_jax.cli import main as cli_main
 def test_train_refuses_url_workdir_and_data_path(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        cli_main(["train", "--config", "configs/tiny.py", "--workdir", "gs://bucket/run"])
+        cli_main(["train", "--config", "xpsr_jax/configs/tiny.py", "--workdir", "gs://bucket/run"])
     assert e.value.code == 2
     assert "'gs://bucket/run': gs:// URLs are not supported" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"config.data.path 's3://b/pairs': s3:// URLs"):
@@ -29,4 +29,4 @@ def test_make_data_refuses_url_out(tmp_path, capsys, monkeypatch):
 def _tiny():
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+    return Path(__file__).resolve().parents[1] / "xpsr_jax" / "configs" / "tiny.py"

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs import tiny, xpsr_sd15  # noqa: E402
+from xpsr_jax.configs import tiny, xpsr_sd15  # noqa: E402
 from xpsr_jax.train import models, partition  # noqa: E402
 from xpsr_jax.train.checkpoints import RestoreError  # noqa: E402
 from xpsr_jax.train.loop import NonFiniteLossError, train_and_evaluate  # noqa: E402
@@ -125,14 +125,32 @@ def test_unknown_config_key_is_refused():
     from xpsr_jax.train.cli import load_config
 
     with pytest.raises(SystemExit, match="no key 'optim.learning_rat'"):
-        load_config(str(ROOT / "configs/tiny.py"), ["--config.optim.learning_rat=1"])
-    c = load_config(str(ROOT / "configs/ablation_sequential.py"), ["--config.global_batch_size=16"])
+        load_config(str(ROOT / "xpsr_jax/configs/tiny.py"), ["--config.optim.learning_rat=1"])
+    c = load_config(str(ROOT / "xpsr_jax/configs/ablation_sequential.py"), ["--config.global_batch_size=16"])
     assert c.model.fusion == "sequential" and c.global_batch_size == 16
 
 
+def test_configs_by_bundled_name_or_file(tmp_path, monkeypatch):
+    """Bundled configs travel with the package (no checkout needed) and are found by name; a file of one's own
+    may build on them; an unknown name lists the bundled ones."""
+    from xpsr_jax.train.cli import load_config
+
+    monkeypatch.chdir(tmp_path)  # away from the checkout
+    assert load_config("xpsr_sd15", []).data.resolution == 512
+    assert load_config("tiny.py", []).model.unet.block_out_channels == (32, 64, 64, 64)
+    mine = tmp_path / "mine.py"
+    mine.write_text("from xpsr_jax.configs import tiny\n\ndef get_config():\n    c = tiny.get_config()\n"
+                    "    c.num_train_steps = 7\n    return c\n")
+    assert load_config(str(mine), []).num_train_steps == 7
+    with pytest.raises(SystemExit, match=r"'xpsr_sd16'.*ablation_no_dfc.*xpsr_sd15"):
+        load_config("xpsr_sd16", [])
+    with pytest.raises(SystemExit, match="no such file"):
+        load_config("elsewhere/tiny.py", [])
+
+
 def test_ablation_configs_change_only_what_they_name():
-    from configs import (ablation_no_dfc, ablation_no_highlevel, ablation_no_latent_dfc, ablation_no_lowlevel,
-                         ablation_no_pixel_dfc, ablation_sequential)
+    from xpsr_jax.configs import (ablation_no_dfc, ablation_no_highlevel, ablation_no_latent_dfc,
+                                  ablation_no_lowlevel, ablation_no_pixel_dfc, ablation_sequential)
 
     base = xpsr_sd15.get_config().to_dict()
     expected = {

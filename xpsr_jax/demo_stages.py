@@ -156,17 +156,12 @@ def stage_dataset(p: DemoPaths, s: DemoSettings) -> str:
 # ---------------------------------------------------------------------------------------------------- train
 
 def train_config(p: DemoPaths, s: DemoSettings):
-    """configs/tiny.py pointed at the demo's records, on a (data 4, fsdp 2) mesh when 8 devices exist."""
+    """xpsr_jax/configs/tiny.py pointed at the demo's records, on a (data 4, fsdp 2) mesh when 8 devices exist."""
     import jax
 
-    import xpsr_jax
     from xpsr_jax.train.cli import load_config
 
-    path = Path(xpsr_jax.__file__).resolve().parent.parent / "configs" / "tiny.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the demo needs the repository's configs/ folder "
-                                "(install the checkout with `pip install -e .`)")
-    c = load_config(str(path), [])
+    c = load_config("tiny", [])
     c.model.unet.layers_per_block = 1  # same structure, half the layers: compiles twice as fast on a CPU
     n = jax.device_count()
     c.mesh.shape = (("data", 4), ("fsdp", 2)) if n >= 8 else (("data", -1), ("fsdp", 1))
@@ -210,7 +205,7 @@ class TrainerPrep:
 
 
 def stage_train(p: DemoPaths, s: DemoSettings, prep: TrainerPrep | None = None) -> str:
-    """`xpsr-jax train --config configs/tiny.py --config.data.source=records ...`."""
+    """`xpsr-jax train --config tiny --config.data.source=records ...`."""
     import jax
 
     from xpsr_jax.train.loop import train_and_evaluate

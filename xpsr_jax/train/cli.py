@@ -10,10 +10,10 @@ from pathlib import Path
 from xpsr_jax.paths import check_local, local_path
 
 EXAMPLES = """examples:
-  xpsr-jax train --config configs/xpsr_sd15.py --workdir runs/xpsr --config.init_from=weights/xpsr-init \\
+  xpsr-jax train --config xpsr_sd15 --workdir runs/xpsr --config.init_from=weights/xpsr-init \\
       --config.data.path=data/train
-  xpsr-jax train --config configs/tiny.py --workdir runs/tiny --config.num_train_steps=20
-  xpsr-jax train --config configs/ablation_sequential.py --workdir runs/seq --config.mesh.shape='(("data",-1),("fsdp",8))'
+  xpsr-jax train --config tiny --workdir runs/tiny --config.num_train_steps=20
+  xpsr-jax train --config ablation_sequential --workdir runs/seq --config.mesh.shape='(("data",-1),("fsdp",8))'
 multi-host: every host runs the same command; the coordinator comes from --coordinator/--num-processes/
 --process-id or from the environment (TPU pods and SLURM are detected by jax.distributed.initialize).
 """
@@ -22,7 +22,8 @@ multi-host: every host runs the same command; the coordinator comes from --coord
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train XPSR (sharded, resumable)", description=__doc__, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="config file, e.g. configs/xpsr_sd15.py")
+    p.add_argument("--config", required=True,
+                   help="a bundled config's name (xpsr_sd15, tiny, ablation_*) or a config file")
     p.add_argument("--workdir", required=True, type=local_path,
                    help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder)")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
@@ -48,16 +49,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_config(path: str, overrides: list[str]):
-    """The config file's ``get_config()`` with ``--config.a.b=value`` overrides applied (values are Python
-    literals, else strings); the config is locked, so a misspelt key is an error, not a new field."""
+    """The config's ``get_config()`` with ``--config.a.b=value`` overrides applied (values are Python literals,
+    else strings); the config is locked, so a misspelt key is an error, not a new field. ``path`` is a config file
+    or the name of a bundled one (``xpsr_jax.configs``: xpsr_sd15, tiny, ablation_*)."""
     import ast
     import importlib.util
 
-    config_path = Path(path).resolve()
-    if not config_path.is_file():
-        raise SystemExit(f"config file not found: {path}")
-    # configs import their base as `from configs import xpsr_sd15`: make the repository root importable
-    sys.path.insert(0, str(config_path.parent.parent))
+    from xpsr_jax.configs import resolve
+
+    try:
+        config_path = resolve(path)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    # a config of one's own may import a sibling file of its folder
+    sys.path.insert(0, str(config_path.parent))
     spec = importlib.util.spec_from_file_location(f"xpsr_config_{config_path.stem}", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

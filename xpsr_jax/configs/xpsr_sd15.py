@@ -1,6 +1,6 @@
 """XPSR as in the paper and the released code: SD1.5, 512 px, effective batch 32, AdamW 5e-5 constant, 300k steps.
 
-Use: xpsr-jax train --config configs/xpsr_sd15.py --workdir runs/xpsr --config.init_from=weights/xpsr-init
+Use: xpsr-jax train --config xpsr_sd15 --workdir runs/xpsr --config.init_from=weights/xpsr-init
 """
 
 import ml_collections

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import xpsr_sd15
+from xpsr_jax.configs import xpsr_sd15
 
 
 def get_config() -> ml_collections.ConfigDict:

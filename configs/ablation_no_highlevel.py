@@ -1,9 +1,0 @@
-"""Ablation: without the high-level prompt (a row of the paper's ablation table); everything else as configs/xpsr_sd15.py."""
-
-from configs import xpsr_sd15
-
-
-def get_config():
-    c = xpsr_sd15.get_config()
-    c.model.highlevel_prompt = "none"
-    return c

@@ -1,9 +1,0 @@
-"""Ablation: without the low-level prompt (a plain ControlNet: no low-level or fusion attention) (a row of the paper's ablation table); everything else as configs/xpsr_sd15.py."""
-
-from configs import xpsr_sd15
-
-
-def get_config():
-    c = xpsr_sd15.get_config()
-    c.model.fusion = "high_only"
-    return c

@@ -1,9 +1,0 @@
-"""Ablation: without the pixel-space DFC heads (a row of the paper's ablation table); everything else as configs/xpsr_sd15.py."""
-
-from configs import xpsr_sd15
-
-
-def get_config():
-    c = xpsr_sd15.get_config()
-    c.model.pixel_dfc = False
-    return c
