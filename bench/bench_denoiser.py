@@ -12,8 +12,10 @@ Lines: {"what": "denoiser_fwd" | "denoiser_train_fwd_bwd", "impl": "jax" | "torc
 The forward returns the noise prediction only, what sampling needs (XLA may drop the DFC heads; PyTorch computes
 them). forward+backward is what one training step differentiates: MSE(eps, noise) + dfc_weight x (3 pixel + 13
 latent L1 terms), gradients w.r.t. the ControlNet and the UNet's pixel attentions (fp32), the rest frozen in
---frozen-dtype; no VAE, text encoder or optimizer (bench_train.py has the whole step). PyTorch runs fp32 weights
-under autocast to --dtype. Anchor (one H100, official PyTorch, bf16): 92 ms per forward at batch 2 and at batch 8.
+--frozen-dtype; no VAE, text encoder or optimizer (bench_train.py has the whole step). ``step`` (PyTorch only, what
+``bench_train.py --compare-torch`` runs) is the official training step: the HR batch through the frozen VAE encoder
+(``latent_dist.sample()``), both prompts through the frozen CLIP text encoder, noising, the forward+backward above,
+clipping and AdamW. PyTorch runs fp32 weights under autocast to --dtype (the frozen encoders in --dtype). Anchor (one H100, official PyTorch, bf16): 92 ms per forward at batch 2 and at batch 8.
 FLOPs and memory are counted as in bench_unet.py (on a GPU from the lowered HLO: the compiled count misses the
 cuBLAS/cuDNN custom calls).
 """
@@ -156,6 +158,22 @@ def anchor(args, mode: str, batch: int) -> dict:
     return {"anchor_seconds": None}
 
 
+def torch_frozen_encoders(size: str, env):
+    """SD1.5's VAE and CLIP text encoder as diffusers/transformers classes with random weights (the tiny train
+    config's for ``tiny``), frozen, in the compute dtype, as the official training holds them."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from xpsr_jax.configs import tiny, xpsr_sd15
+    from xpsr_jax.train.models import build
+
+    nets = build((xpsr_sd15 if size == "sd15" else tiny).get_config().model, "float32")
+    vae = AutoencoderKL.from_config(nets.vae_config.to_diffusers())
+    text = CLIPTextModel(CLIPTextConfig.from_dict(nets.text.config.to_dict()))
+    dtype = env.torch.bfloat16 if env.dtype == "bfloat16" else env.torch.float32
+    return [m.to(env.device, dtype).eval().requires_grad_(False) for m in (vae, text)]
+
+
 def bench_torch(args, cfg, latent: int) -> None:
     env = common.TorchEnv(args.dtype, allow_cpu=True)
     reason = env.reason
@@ -185,10 +203,25 @@ def bench_torch(args, cfg, latent: int) -> None:
     trainable = [p for m in (unet, controlnet) for p in m.parameters() if p.requires_grad]
     # the official optimiser: AdamW 5e-5 (0.9, 0.999), eps 1e-8, decay 1e-2, global-norm clipping at 1.0
     opt = torch.optim.AdamW(trainable, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    vae = text = None
+    if "step" in args.modes:
+        vae, text = torch_frozen_encoders(args.size, env)
+        # SD1.5's scaled-linear schedule: z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise
+        abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0).to(env.device)
     for mode, batch in jobs:
         d = {k: torch.from_numpy(v).to(env.device) for k, v in make_inputs(cfg, batch, latent, args.seed).items()}
         for k in ("sample", "cond", "hr", "z0", "noise"):
             d[k] = d[k].permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        ids = torch.randint(0, 49408, (2 * batch, 77), device=env.device)
+
+        def encode():
+            """The official step's frozen part: z0 from the VAE, E_high and E_low from CLIP, the noised latent."""
+            with torch.no_grad():
+                z0 = vae.encode(d["hr"].to(vae.dtype)).latent_dist.sample().float() * vae.config.scaling_factor
+                emb = text(ids)[0]
+                a = abar[d["timesteps"].long()].view(-1, 1, 1, 1)
+                d["sample"] = a.sqrt() * z0 + (1 - a).sqrt() * d["noise"]
+                d["z0"], d["e_high"], d["e_low"] = z0, emb[:batch], emb[batch:]
 
         def denoise():
             out = controlnet(d["sample"], d["timesteps"], d["e_high"], d["e_low"], d["cond"])
@@ -202,6 +235,8 @@ def bench_torch(args, cfg, latent: int) -> None:
             def call():
                 unet.zero_grad(set_to_none=True)
                 controlnet.zero_grad(set_to_none=True)
+                if mode == "step":
+                    encode()
                 with env.autocast():
                     eps, out = denoise()
                 l1 = lambda m, ref: (m.float() - F.interpolate(  # noqa: E731
