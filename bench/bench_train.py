@@ -128,7 +128,7 @@ def lower_for_count(config):
     mesh = make_mesh(c.mesh.shape, jax.devices("cpu")[:1])
     plan = plan_state(c, mesh)
     step = jax.jit(functools.partial(train_step, nets=plan.nets, config=c, tx=plan.tx))
-    with mesh, nn.logical_axis_rules(plan.rules):  # as the trainer lowers it
+    with jax.set_mesh(mesh), nn.logical_axis_rules(plan.rules):  # as the trainer lowers it
         return step.lower(plan.abstract_state, common.on_cpu(batch_spec(c)))
 
 

@@ -221,6 +221,19 @@ def test_global_flop_count_covers_the_whole_batch(trainer):
     assert 0.7 < per_device * 8 / total < 1.3
 
 
+def test_activation_constraints_reach_the_lowered_step():
+    """The model's batch constraints (flax logical constraints) must survive into the program: they resolve only
+    under jax.set_mesh, and silently vanish under the older `with mesh:`."""
+    from xpsr_jax.train.trainer import lower_step, plan_state
+
+    c = tiny_config()
+    plan = plan_state(c, partition.make_mesh(c.mesh.shape))
+    data_axes = tuple(a for a, _ in c.mesh.shape)  # the batch is sharded over every data-parallel mesh axis
+    constraints = [line for line in lower_step(c, plan).as_text().splitlines() if "sharding_constraint" in line]
+    batch_sharded = [line for line in constraints if "[{" + ", ".join(f'"{a}"' for a in data_axes) + "}" in line]
+    assert len(batch_sharded) >= 10, constraints[:3]
+
+
 def test_sharded_step_equals_single_device_and_learns_a_fixed_batch(trainer):
     """Same params, key and batch: the 8-device (data 4 x fsdp 2) step and the one-device step agree within fp32
     tolerance; frozen weights stay bit-unchanged; the optimizer holds only trainable leaves; and with the step's

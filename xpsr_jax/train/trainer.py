@@ -115,6 +115,28 @@ def plan_state(config: ml_collections.ConfigDict, mesh: Mesh) -> StatePlan:
                      state_from_params)
 
 
+def lower_step(config: ml_collections.ConfigDict, plan: StatePlan, batch_shardings: dict | None = None):
+    """The train step lowered for ``plan``'s mesh (jitted with the state and batch shardings, donating the state).
+
+    The model's activation constraints (``xpsr_jax.nn.axes``) are flax logical constraints: they resolve only
+    under the logical rules and a mesh set with ``jax.set_mesh``; under the older ``with mesh:`` flax sees no
+    mesh and drops them without a word."""
+    mesh = plan.mesh
+    if batch_shardings is None:
+        batch_shardings = {k: partition.batch_sharding(mesh, plan.rules, len(v.shape))
+                           for k, v in batch_spec(config).items()}
+    step = jax.jit(
+        functools.partial(train_step, nets=plan.nets, config=config, tx=plan.tx),
+        in_shardings=(plan.state_shardings, batch_shardings),
+        out_shardings=(plan.state_shardings, NamedSharding(mesh, P())),
+        donate_argnums=0,
+    )
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+                      for k, v in batch_spec(config).items()}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(plan.rules):
+        return step.lower(plan.abstract_state, abstract_batch)
+
+
 def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     """Plan the state and compile the train step ahead of time (its compile time and FLOPs are recorded)."""
     plan = plan_state(config, mesh)
@@ -123,18 +145,10 @@ def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     if config.global_batch_size % (dp * accum):
         raise ValueError(f"global_batch_size {config.global_batch_size} must divide into {dp} data-parallel "
                          f"shards x {accum} accumulation steps")
-    batch = batch_spec(config)
-    batch_shardings = {k: partition.batch_sharding(mesh, plan.rules, len(v.shape)) for k, v in batch.items()}
-    step = jax.jit(
-        functools.partial(train_step, nets=plan.nets, config=config, tx=plan.tx),
-        in_shardings=(plan.state_shardings, batch_shardings),
-        out_shardings=(plan.state_shardings, NamedSharding(mesh, P())),
-        donate_argnums=0,
-    )
+    batch_shardings = {k: partition.batch_sharding(mesh, plan.rules, len(v.shape))
+                       for k, v in batch_spec(config).items()}
     t0 = time.perf_counter()
-    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch.items()}
-    with mesh, nn.logical_axis_rules(plan.rules):  # activation constraints in the model resolve against these
-        compiled = step.lower(plan.abstract_state, abstract_batch).compile()
+    compiled = lower_step(config, plan, batch_shardings).compile()
     compile_seconds = time.perf_counter() - t0
     return Trainer(config, plan, batch_shardings, compiled, compile_seconds, _flops(compiled))
 
