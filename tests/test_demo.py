@@ -130,3 +130,40 @@ def test_refuses_a_folder_it_did_not_write(tmp_path):
     proc = demo("--out", str(tmp_path), timeout=300)
     assert proc.returncode == 2 and "did not write" in proc.stderr
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+_LAZY_PROBE = """
+import sys
+import numpy as np
+from PIL import Image
+from etils import epy
+
+if sys.argv[2] == "finish":
+    from xpsr_jax.demo_stages import _finish_lazy_imports
+    _finish_lazy_imports()
+entered, real = [], epy.lazy_imports
+def spy(*args, **kwargs):
+    entered.append(1)
+    return real(*args, **kwargs)
+epy.lazy_imports = spy
+root = sys.argv[1]
+Image.fromarray(np.full((80, 80, 3), 99, np.uint8)).save(root + "/hr/a.png")
+from xpsr_jax.data.make_data import MakeDataConfig, make_data
+from xpsr_jax.data.pipeline import PipelineConfig, make_iterator, records_source
+make_data(MakeDataConfig(source=root + "/hr", out=root + "/out", crop_size=64, progress=False))
+next(make_iterator(records_source(root + "/out"), PipelineConfig(batch_size=1), process_index=0, process_count=1))
+print("lazy_imports blocks entered:", len(entered))
+"""
+
+
+@pytest.mark.parametrize("finish", [True, False])
+def test_data_stages_enter_no_lazy_import_block_once_finished(tmp_path, finish):
+    """While the demo compiles in a thread, the data stages must not run etils' lazy_imports() (it swaps
+    builtins.__import__ for every thread, and JAX imports while tracing). Without the early imports they do (the
+    probe's control), after them they do not."""
+    (tmp_path / "hr").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _LAZY_PROBE, str(tmp_path), "finish" if finish else "plain"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entered = int(proc.stdout.rsplit(":", 1)[1])
+    assert (entered == 0) if finish else (entered > 0)

@@ -176,6 +176,21 @@ def train_config(p: DemoPaths, s: DemoSettings):
     return c
 
 
+def _finish_lazy_imports() -> None:
+    """Import here, before the compile thread starts, what the data stages import under etils' lazy_imports().
+
+    tensorflow_datasets (make-data's tfds metadata) and grain import parts of themselves inside
+    ``epy.lazy_imports()``, which swaps ``builtins.__import__`` for every thread while it runs. JAX imports modules
+    while it traces (``jax._src.hijax`` during differentiation); a trace in the compile thread that imports at
+    that moment receives a lazy stub and fails ("'jax._src.hijax' is not a package")."""
+    import grain  # noqa: F401
+    import tensorflow_datasets.core  # noqa: F401
+
+    from xpsr_jax.data import records
+
+    records.features()  # tfds.features
+
+
 class TrainerPrep:
     """Compiles the train step in a thread while the data stages run: XLA compiles on one core, and the
     degradation and captioning keep the other one busy, so the compile mostly costs no wall time."""
@@ -184,6 +199,7 @@ class TrainerPrep:
         self.config = train_config(p, s)
         self.trainer = None
         self.error = None
+        _finish_lazy_imports()
         self._thread = threading.Thread(target=self._build, name="compile-train-step", daemon=True)
         self._thread.start()
 
