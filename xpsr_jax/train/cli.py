@@ -9,6 +9,13 @@ from pathlib import Path
 
 from xpsr_jax.paths import check_local, local_path
 
+TRAIN_DESCRIPTION = """\
+Train XPSR's ControlNet and pixel attentions on make-data records (or synthetic data), sharded over the mesh the
+config names. Writes WORKDIR/checkpoints/<step>/ (state, each process's data-iterator state, config),
+WORKDIR/metrics.jsonl and TensorBoard events. Rerunning the same command resumes from the latest checkpoint with
+the losses of an uninterrupted run; SIGTERM saves and exits; a non-finite loss stops the run naming the step.
+Override any config value with --config.KEY=VALUE (Python literals; a misspelt key is an error)."""
+
 EXAMPLES = """examples:
   xpsr-jax train --config xpsr_sd15 --workdir runs/xpsr --config.init_from=weights/xpsr-init \\
       --config.data.path=data/train
@@ -20,7 +27,7 @@ multi-host: every host runs the same command; the coordinator comes from --coord
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train XPSR (sharded, resumable)", description=__doc__, epilog=EXAMPLES,
+    p = sub.add_parser("train", help="train XPSR (sharded, resumable)", description=TRAIN_DESCRIPTION, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
                    help="a bundled config's name (xpsr_sd15, tiny, ablation_*) or a config file")
