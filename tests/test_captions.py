@@ -337,3 +337,34 @@ def test_caption_records_refuses_hr_only_and_unfinished_outputs(tmp_path, capsys
     assert run_caption(tmp_path / "pairs", out, "--hr-dir", tmp_path / "hr", "--no-progress") == 2
     assert "--hr-dir is for image folders" in capsys.readouterr().err
     assert not out.exists()
+
+
+class _SizeRecorder:
+    """A captioner that records the sizes of the images it is shown."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def caption(self, images):
+        self.sizes += [im.size for im in images]
+        return ["a caption"] * len(images)
+
+    def describe(self):
+        return {"model": "size recorder"}
+
+
+def test_caption_records_with_quarter_size_lr_see_it_at_hr_size(tmp_path):
+    """make-data --lr-size keeps the LR at 1/4; the captioner sees it upsampled to the HR size, as the official
+    (upsampled) LR files and as training's condition image, so both layouts are described alike."""
+    from xpsr_jax.captions.runner import CaptionJob, caption_folder
+    from xpsr_jax.data.make_data import MakeDataConfig, make_data
+
+    write_images(tmp_path / "hr", ["a", "b"], (80, 72), seed=6)
+    make_data(MakeDataConfig(source=str(tmp_path / "hr"), out=str(tmp_path / "pairs"), crop_size=64, lr_size=16,
+                             progress=False))
+    seen = _SizeRecorder()
+    result = caption_folder(CaptionJob(images=tmp_path / "pairs", out=tmp_path / "c.jsonl", progress=False),
+                            captioners=(seen, seen))
+    assert result.captioned == 2 and not result.problems
+    assert seen.sizes == [(64, 64)] * 8  # 2 LR + 2 HR, once per pass (high, low)
+    assert set(load_captions(tmp_path / "c.jsonl")) == {"a#0", "b#0"}

@@ -4,7 +4,8 @@ The LR-derived low-level prompt describes one degraded copy, so the official ord
 dataset. Reading the pairs from the records saves writing them out as image folders first. Each record is
 captioned under the key ``"{id}#{epoch}"`` (``caption_lookup.pair_key``), the key ``make-data --captions`` tries
 first, and its HR crop fills the ``_hr`` fields (training uses ``lowlevel_hr`` when the HR image replaces the
-condition, reference §4.2).
+condition, reference §4.2). An LR stored at 1/4 (``make-data --lr-size 128``) is bicubic-upsampled to the HR size
+first, as the official data stored it and as training feeds it, so both layouts get the same captions.
 
 Work is dealt by record number, record ``k`` to shard ``k % n``. Whether a record is done is known only once its
 id is read, so records are read as the pass goes (a rerun reads its share again and skips the done ones).
@@ -33,6 +34,20 @@ def _pil(png: bytes):
     with Image.open(io.BytesIO(png)) as img:
         img.load()
         return img.convert("RGB")
+
+
+def _lr_at_hr_size(lr_png: bytes, hr):
+    """The LR as the condition image training sees: upsampled (bicubic, as the pipeline) when stored at 1/4."""
+    import numpy as np
+    from PIL import Image
+
+    lr = _pil(lr_png)
+    if lr.size == hr.size:
+        return lr
+    from xpsr_jax.data.degradations import upsample_bicubic
+
+    up = upsample_bicubic(np.asarray(lr, np.float32) / np.float32(255.0), (hr.size[1], hr.size[0]))
+    return Image.fromarray(np.clip(np.round(up * 255.0), 0, 255).astype(np.uint8))
 
 
 @dataclass
@@ -82,7 +97,8 @@ class RecordPairs:
                     continue
                 if not len(rec["lr"]):
                     raise ValueError("no LR image (an --hr-only record)")
-                loaded.append((key, _pil(rec["lr"]), _pil(rec["hr"])))
+                hr = _pil(rec["hr"])
+                loaded.append((key, _lr_at_hr_size(rec["lr"], hr), hr))
             except Exception as exc:  # a damaged record: report it, caption the rest
                 self.problems.append((key, f"cannot read record {k} of {self.path}: {type(exc).__name__}: {exc}"))
         return loaded
