@@ -5,7 +5,9 @@
     python bench/bench_sr.py --weights weights/xpsr          # a converted checkpoint
 
 Lines: {"what": "sr", "impl": "jax" | "torch_ref", "device", "model", "batch", "steps", "dtype",
-"seconds_per_image", "images_per_s", "denoise_seconds_per_image", "compile_s", "stages"}. JAX is timed at batch 1 and
+"seconds_per_image", "images_per_s", "denoise_seconds_per_image", "compile_s", "stages", "peak_memory_bytes" (the
+allocator's peak so far in this process, null on CPU: batches run in the given order, so a line holds the largest of
+its own and the earlier ones)}. JAX is timed at batch 1 and
 8 (steady state, after a compiling first call whose extra time is ``compile_s``); the PyTorch reference pipeline
 (``xpsr_jax.torch_ref.pipeline``, the official chain on diffusers classes) runs one image at a time, as the official
 test script does, when torch is installed (on CPU only with ``--torch-on-cpu``).
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def _random_sd15_checkpoint(out: Path, seed: int = 0) -> Path:
@@ -76,7 +80,8 @@ def bench_jax(weights: Path, args, device: str) -> None:
             times.append(time.perf_counter() - t0)
             stages = res[0].seconds
         steady = float(np.median(times))
-        _emit({"what": "sr", "impl": "jax", "device": device, "model": args.model, "batch": batch,
+        peak, _ = common.jax_peak_bytes()
+        _emit({"what": "sr", "impl": "jax", "peak_memory_bytes": peak, "device": device, "model": args.model, "batch": batch,
                "steps": args.steps, "dtype": args.dtype, "output": list(res[0].image.shape[:2]),
                "seconds_per_image": steady / batch, "images_per_s": batch / steady,
                "denoise_seconds_per_image": stages["denoise"], "compile_s": first - steady,
@@ -112,7 +117,8 @@ def bench_torch(weights: Path, args, device: str) -> None:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     steady = float(np.median(times[1:]))
-    _emit({"what": "sr", "impl": "torch_ref", "device": device if on == "cuda" else "cpu", "model": args.model,
+    peak = int(torch.cuda.max_memory_allocated()) if on == "cuda" else None
+    _emit({"what": "sr", "impl": "torch_ref", "peak_memory_bytes": peak, "device": device if on == "cuda" else "cpu", "model": args.model,
            "batch": 1, "steps": args.steps, "dtype": args.dtype, "seconds_per_image": steady,
            "images_per_s": 1 / steady, "first_call_s": times[0]})
 
