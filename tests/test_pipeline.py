@@ -191,3 +191,38 @@ def test_workers_same_batches_and_checkpoint(tmp_path):
 def test_build_dataset_is_a_grain_iter_dataset():
     ds = build_dataset(SyntheticSource(4, 8), PipelineConfig(batch_size=2), **ONE)
     assert isinstance(ds, grain.IterDataset)
+
+
+_PIPELINE_PROBE = """
+import sys
+from etils import epy
+
+entered, real = [], epy.lazy_imports
+def spy(*args, **kwargs):
+    entered.append(1)
+    return real(*args, **kwargs)
+epy.lazy_imports = spy
+from xpsr_jax.data.pipeline import PipelineConfig, make_iterator, records_source
+at_import = len(entered)
+it = make_iterator(records_source(sys.argv[1]), PipelineConfig(batch_size=2, num_threads=4, original_image_ratio=0.5),
+                   process_index=0, process_count=1)
+for _ in range(3):
+    next(it)
+print(at_import, len(entered) - at_import)
+"""
+
+
+def test_reader_threads_import_nothing_under_lazy_imports(hr_dir, tmp_path):
+    """tfds imports parts of itself under etils' lazy_imports(), which swaps builtins.__import__ for every thread;
+    a reader thread importing at that moment got a lazy stub and a training run died ("'LazyModule' object is not
+    callable"). Importing the pipeline loads all of it; the reader threads then enter no such block."""
+    import subprocess
+    import sys
+
+    make_data(MakeDataConfig(source=str(hr_dir), out=str(tmp_path), crop_size=64, epochs=2, progress=False))
+    proc = subprocess.run([sys.executable, "-c", _PIPELINE_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    at_import, while_reading = map(int, proc.stdout.split()[-2:])
+    assert at_import > 0  # the probe sees tfds's blocks (and they ran at import, in the main thread)
+    assert while_reading == 0

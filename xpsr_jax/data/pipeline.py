@@ -36,7 +36,16 @@ from typing import Any
 import grain
 import numpy as np
 
+from xpsr_jax.data import records
 from xpsr_jax.data.degradation_config import DegradationConfig
+from xpsr_jax.data.degradations import degrade_pair, upsample_bicubic
+from xpsr_jax.data.tokenizer import ClipTokenizer
+
+# Everything the reader threads call is imported here, in the importing thread, tensorflow_datasets included (the
+# record features): tfds imports parts of itself under etils' lazy_imports(), which swaps builtins.__import__ for
+# every thread while it runs, so an import in a reader thread at that moment received a lazy stub ("'LazyModule'
+# object is not callable"). grain's worker processes import this module before their threads start, too.
+records.features()
 
 HIGHLEVEL_MODES = ("empty", "caption")
 
@@ -72,22 +81,18 @@ class PipelineConfig:
 
 def records_source(path: str | os.PathLike | list) -> grain.sources.ArrayRecordDataSource:
     """A make-data output (``OUT``, ``OUT/records``, a shard or a list of shards) as a grain source of bytes."""
-    from xpsr_jax.data.records import list_shards
-
-    return grain.sources.ArrayRecordDataSource([str(p) for p in list_shards(path)])
+    return grain.sources.ArrayRecordDataSource([str(p) for p in records.list_shards(path)])
 
 
 def decode_record(element: Any) -> dict:
     """Record bytes -> {id, hr uint8, lr uint8 or None, prompts}; decoded dicts (``SyntheticSource``) pass."""
     if isinstance(element, dict):
         return element
-    from xpsr_jax.data.records import decode_png, parse
-
-    rec = parse(element)
+    rec = records.parse(element)
     name = f"record {rec['id']!r} (epoch {rec['epoch']}, from {rec['source']})"
     out = {k: rec[k] for k in ("id", "highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")}
-    out["hr"] = decode_png(rec["hr"], name)
-    out["lr"] = decode_png(rec["lr"], name) if len(rec["lr"]) else None
+    out["hr"] = records.decode_png(rec["hr"], name)
+    out["lr"] = records.decode_png(rec["lr"], name) if len(rec["lr"]) else None
     return out
 
 
@@ -98,8 +103,6 @@ class MakePair(grain.transforms.RandomMap):
         self.cfg = cfg
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        from xpsr_jax.data.degradations import degrade_pair, upsample_bicubic
-
         cfg = self.cfg
         swap = bool(rng.random() < cfg.original_image_ratio)  # drawn first, so the draw order never depends on it
         hr, lr = element["hr"], element["lr"]
@@ -128,8 +131,6 @@ class MakePair(grain.transforms.RandomMap):
 
 @functools.cache
 def _tokenizer(path: str | None, max_length: int):
-    from xpsr_jax.data.tokenizer import ClipTokenizer
-
     return ClipTokenizer.load(path, max_length=max_length)
 
 
