@@ -109,8 +109,7 @@ def run(args) -> int:
     initialize_distributed(args)
     config = load_config(args.config, getattr(args, "config_overrides", []))
     try:
-        for key in ("data.path", "init_from"):
-            value = config.data.path if key == "data.path" else config.init_from
+        for key, value in (("data.path", config.data.path), ("init_from", config.init_from)):
             if value:
                 check_local(value, f"config.{key}")
     except ValueError as e:
