@@ -1,13 +1,20 @@
 """``xpsr-jax <command>``: one entry point; each area of the package registers its own subcommand.
 
 Subcommand modules keep heavy imports (JAX, torch) inside their ``run`` functions, so ``--help`` is instant.
+
+Errors a user can fix (:class:`xpsr_jax.errors.XPSRError` and its subclasses) end in one line,
+``xpsr-jax <command>: error: <message>``, and exit 2 (usage: detected before any work) or 1 (a failure while
+working); ``--traceback`` or ``XPSR_JAX_TRACEBACK=1`` shows the whole traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from xpsr_jax.errors import XPSRError
 
 # (module, what it adds); each module has add_parser(subparsers).
 COMMANDS = (
@@ -28,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="XPSR diffusion super-resolution in JAX: convert weights, build data, train, super-resolve, "
                     "evaluate.",
     )
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an error (also: XPSR_JAX_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -42,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # accepted anywhere on the line, not only before the subcommand
+    show_traceback = "--traceback" in argv or os.environ.get("XPSR_JAX_TRACEBACK", "") not in ("", "0")
+    argv = [a for a in argv if a != "--traceback"]
     # ml_collections-style overrides (--config.key=value) are not argparse options; keep them aside
     overrides = [a for a in argv if a.startswith("--config.")]
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
@@ -51,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except XPSRError as e:
+        if show_traceback:
+            raise
+        print(f"xpsr-jax {command_name(args)}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``sr``, ``convert to-torch``: the words a user typed to pick the subcommand."""
+    return " ".join(str(w) for w in (args.command, getattr(args, "direction", None)) if w)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 from .images import list_images, load_rgb
 from .llava import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
 from .store import CaptionStore
+from xpsr_jax.errors import XPSRError
 
 
 @dataclass
@@ -87,7 +88,7 @@ def plan(job: CaptionJob, store: CaptionStore) -> Work:
     return Work(pending, already, problems)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(XPSRError, RuntimeError):
     """A model id that is neither a loadable local folder nor reachable on the hub."""
 
 

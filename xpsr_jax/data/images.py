@@ -34,11 +34,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from xpsr_jax.errors import XPSRError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(XPSRError, ValueError):
     """An image file that cannot be read; the message names the file and the cause."""
 
 

@@ -15,6 +15,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
+from xpsr_jax.errors import XPSRError
 
 # name -> (kind, lower_is_better). kind: "FR" full reference per image, "NR" no reference per image,
 # "SET" a distance between the two folders as wholes.
@@ -30,7 +31,7 @@ EXTERNAL_METRICS: dict[str, tuple[str, bool]] = {
 PYIQA_VERSION_USED_BY_XPSR = "0.1.10"
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(XPSRError, RuntimeError):
     """A requested metric cannot run here; the message says why and what to install or copy."""
 
 

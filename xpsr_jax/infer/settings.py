@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from xpsr_jax.errors import UsageError
 
 ADDED_PROMPT = "clean, high-resolution, 8k, high quality, clear text."
 NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed."
@@ -31,7 +32,7 @@ MAX_INPUT_PIXELS = 4096 * 4096
 MAX_PROCESS_PIXELS = 16384 * 16384
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """A setting out of range; the message names it."""
 
 

@@ -26,6 +26,7 @@ import jax
 
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.models.vae_config import VAEConfig
+from xpsr_jax.errors import XPSRError
 
 GIB = 2 ** 30
 DEFAULT_BUDGET = 8 * GIB  # where the device does not report its memory (CPU)
@@ -33,7 +34,7 @@ SAFETY = 1.5
 OFFICIAL_TILE_THRESHOLD = 320
 
 
-class BudgetError(MemoryError):
+class BudgetError(XPSRError, MemoryError):
     """Even the smallest tile does not fit the memory budget; the message gives the numbers."""
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from xpsr_jax.torch_ref import config as C
 from xpsr_jax.torch_ref.models import XPSRControlNet, XPSRUNet
+from xpsr_jax.errors import XPSRError
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
@@ -26,7 +27,7 @@ BIN_NAME = "diffusion_pytorch_model.bin"
 _CLASSES = {"unet": (XPSRUNet, "UNet2DConditionModel"), "controlnet": (XPSRControlNet, "ControlNetModel")}
 
 
-class StateDictError(ValueError):
+class StateDictError(XPSRError, ValueError):
     """A weight file does not fit the model its config describes; the message names the offending keys."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from diffusers import ControlNetModel, UNet2DConditionModel
+from xpsr_jax.errors import XPSRError
 
 FUSIONS = ("parallel", "sequential", "high_only")
 OFFICIAL_DIFFUSERS_VERSION = "0.21.4"
@@ -64,7 +65,7 @@ _SHARED_FIELDS = ("in_channels", "block_out_channels", "layers_per_block", "down
                   "attention_head_dim", "num_attention_heads", "norm_num_groups")
 
 
-class ConfigError(ValueError):
+class ConfigError(XPSRError, ValueError):
     """A config dict does not describe a model the reference can build; the message names the field."""
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from xpsr_jax.errors import XPSRError
 
 
-class RestoreError(RuntimeError):
+class RestoreError(XPSRError, RuntimeError):
     """A checkpoint exists but could not be restored; the message names it."""
 
 

@@ -23,9 +23,10 @@ from xpsr_jax.train.checkpoints import RunCheckpoints
 from xpsr_jax.train.monitor import Monitor
 from xpsr_jax.train.trainer import create_trainer, load_pretrained
 from xpsr_jax.train.validation import Validator
+from xpsr_jax.errors import XPSRError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(XPSRError, FloatingPointError):
     """The loss became NaN or inf; the message names the step."""
 
 

@@ -21,12 +21,13 @@ import jax
 import numpy as np
 
 from xpsr_jax.models.config import UNetConfig
+from xpsr_jax.errors import XPSRError
 
 FORMAT = "xpsr-jax-flax/1"
 META = "xpsr.json"
 
 
-class CheckpointError(OSError):
+class CheckpointError(XPSRError, OSError):
     """A Flax checkpoint folder is missing, incomplete or of another format; the message names it."""
 
 

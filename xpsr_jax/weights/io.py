@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from xpsr_jax.errors import XPSRError
 
 SAFETENSORS = "diffusion_pytorch_model.safetensors"
 BIN = "diffusion_pytorch_model.bin"
@@ -20,7 +21,7 @@ TRANSFORMERS_SAFETENSORS = "model.safetensors"
 TRANSFORMERS_BIN = "pytorch_model.bin"
 
 
-class WeightFileError(OSError):
+class WeightFileError(XPSRError, OSError):
     """A weight file or folder is missing, unreadable or corrupt; the message names it."""
 
 

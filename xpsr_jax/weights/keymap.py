@@ -21,11 +21,12 @@ import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from xpsr_jax.errors import XPSRError
 
 Path = tuple[str, ...]
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(XPSRError, ValueError):
     """A checkpoint does not fit the model: the message names the source, the key and the shapes."""
 
 
