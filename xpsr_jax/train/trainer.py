@@ -44,22 +44,8 @@ class Trainer:
 
     @functools.cached_property
     def global_flops_per_step(self) -> float | None:
-        """FLOPs of one step over the whole global batch, for MFU.
-
-        The compiled program's count is per device, and on GPUs it misses the matmuls and convolutions that become
-        cuBLAS/cuDNN calls; so the same step is lowered (not compiled) for one CPU device with XLA attention and no
-        remat, whose HLO holds every dot and convolution of the global batch. Costs one trace; computed on demand.
-        """
-        config = ml_collections.ConfigDict(self.config.to_dict())
-        config.model.attention_impl, config.model.remat = "xla", False
-        nets = models.build(config.model, config.compute_dtype)
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        place = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), t)  # noqa: E731
-        fn = jax.jit(functools.partial(train_step, nets=nets, config=config, tx=self.plan.tx))
-        try:
-            return _flops(fn.lower(place(self.plan.abstract_state), place(batch_spec(config))))
-        except Exception:  # noqa: BLE001 - MFU is then not reported
-            return None
+        """FLOPs of one step over the whole global batch, for MFU (see :func:`global_step_flops`)."""
+        return global_step_flops(self.config, self.plan)
 
     @property
     def nets(self) -> models.Networks:
@@ -76,6 +62,26 @@ class Trainer:
     @property
     def state_from_params(self):
         return self.plan.state_from_params
+
+
+def global_step_flops(config: ml_collections.ConfigDict, plan: StatePlan) -> float | None:
+    """FLOPs of one step over the whole global batch, for MFU; None where XLA cannot count them.
+
+    The compiled program's count is per device, on GPUs it misses the matmuls and convolutions that become
+    cuBLAS/cuDNN calls, and on TPUs the Pallas (splash) kernels; so the same step is lowered (not compiled) for one
+    CPU device with XLA attention and no remat, whose HLO holds every dot and convolution of the global batch.
+    Costs one trace.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.attention_impl, config.model.remat = "xla", False
+    nets = models.build(config.model, config.compute_dtype)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    place = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), t)  # noqa: E731
+    fn = jax.jit(functools.partial(train_step, nets=nets, config=config, tx=plan.tx))
+    try:
+        return _flops(fn.lower(place(plan.abstract_state), place(batch_spec(config))))
+    except Exception:  # noqa: BLE001 - MFU is then not reported
+        return None
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:

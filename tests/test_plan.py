@@ -1,0 +1,146 @@
+"""Planning TPU slices from a CPU host: slice names, the figures read from compiled programs, the batch search,
+and ``xpsr-jax train --compile-only`` on the tiny model (``-m tpu``: each TPU compile takes minutes here)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xpsr_jax.train import hlo_stats  # noqa: E402
+from xpsr_jax.train.plan import parse_oom, search_batch  # noqa: E402
+from xpsr_jax.train.plan_cli import EXIT_DOES_NOT_FIT  # noqa: E402
+from xpsr_jax.train.tpu_topology import parse  # noqa: E402
+
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]')")
+
+# accelerator name -> (chips, torus of chips, device kind)
+SLICES = {
+    "v4-8": (4, "v4:2x2x1", "TPU v4"),
+    "v5e-1": (1, "v5e:1x1", "TPU v5 lite"),
+    "v5e-8": (8, "v5e:2x4", "TPU v5 lite"),
+    "v5litepod-8": (8, "v5e:2x4", "TPU v5 lite"),
+    "v5p-8": (4, "v5p:2x2x1", "TPU v5"),
+    "v5p-64": (32, "v5p:2x4x4", "TPU v5"),
+    "v6e-8": (8, "v6e:2x4", "TPU v6 lite"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLICES))
+def test_slice_names_give_cloud_tpu_chip_counts(name):
+    chips, torus, _ = SLICES[name]
+    topo = parse(name)
+    assert (topo.chips, topo.topology_name) == (chips, torus)
+
+
+def test_slice_names_that_do_not_exist_are_refused():
+    for bad, says in [("v5p-4", "smallest"), ("v5p-7", "two per chip"), ("v5e-6", "power of two"),
+                      ("v7x-8", "unknown generation"), ("tpu-8", "expected an accelerator type")]:
+        with pytest.raises(ValueError, match=says):
+            parse(bad)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name", sorted(SLICES))
+def test_slices_build_their_devices(name):
+    """The compile-only devices libtpu gives: one per chip (v4/v5p as megacore), of the named generation."""
+    chips, _, kind = SLICES[name]
+    devices = parse(name).devices()
+    assert len(devices) == chips
+    assert {d.device_kind for d in devices} == {kind}
+
+
+def test_collectives_read_from_hlo_text():
+    """Synchronous ops counted once; an async pair once, at its -done, with the output's bytes."""
+    hlo = "\n".join([
+        "  %all-reduce.3 = (f32[8]{0}, bf16[4,4]{1,0}) all-reduce(f32[8]{0} %a, bf16[4,4]{1,0} %b), channel_id=1",
+        "  %ag-start = (bf16[4]{0}, bf16[16]{0}) all-gather-start(bf16[4]{0} %x), dimensions={0}",
+        "  %ag-done = bf16[16]{0} all-gather-done((bf16[4]{0}, bf16[16]{0}) %ag-start)",
+        "  ROOT reduce-scatter.1 = f32[2,3]{1,0} reduce-scatter(f32[8,3]{1,0} %g), dimensions={0}",
+        "  %fusion.2 = f32[8]{0} fusion(f32[8]{0} %all-reduce.3), kind=kLoop",
+    ])
+    assert hlo_stats.collectives(hlo) == {
+        "all-reduce": {"count": 1, "bytes": 8 * 4 + 16 * 2},
+        "all-gather": {"count": 1, "bytes": 16 * 2},
+        "reduce-scatter": {"count": 1, "bytes": 6 * 4},
+    }
+
+
+def test_out_of_memory_compile_is_an_answer_with_the_compilers_figures():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (120.00G) "
+           "exceeds available HBM (15.75G).")
+    oom = parse_oom(msg)
+    assert oom["required_bytes"] == 120 * (1 << 30)
+    assert oom["available_bytes"] == int(15.75 * (1 << 30))
+    assert parse_oom("INVALID_ARGUMENT: bad sharding") is None
+
+
+def test_batch_search_doubles_then_bisects():
+    class Probe:
+        def __init__(self, b):
+            self.per_chip_batch, self.fits = b, b <= 13
+
+    seen = []
+    best, probes = search_batch(Probe, start=1, on_probe=lambda r: seen.append(r.per_chip_batch))
+    assert best == 13
+    assert seen == [1, 2, 4, 8, 16, 12, 14, 13] == [p.per_chip_batch for p in probes]
+    best, _ = search_batch(lambda b: Probe(b * 100), start=4)  # nothing fits: halving down to 1
+    assert best is None
+
+
+# --- the CLI on the tiny model, compiled for a TPU slice -----------------------------------------------------------
+TINY = ["--config", "tiny", "--config.model.unet.layers_per_block=1", "--config.data.resolution=64"]
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "xpsr_jax.cli", "train", *TINY, "--compile-only", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def fitting_plan():
+    return run_plan("--topology", "v5e-4", "--per-chip-batch", "1")
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_tiny_step_fits_a_v5e_slice(fitting_plan):
+    assert fitting_plan.returncode == 0, fitting_plan.stderr[-3000:]
+    [line] = json_lines(fitting_plan.stdout)
+    assert (line["topology"], line["chips"], line["mesh"]) == ("v5e-4", 4, {"data": 4, "fsdp": 1})
+    assert (line["per_chip_batch"], line["global_batch"], line["fits"]) == (1, 4, True)
+    mem = line["bytes_per_chip"]
+    assert mem["peak"] == mem["arguments"] + mem["temporaries"] + mem["outputs"] - mem["aliased"]
+    assert 0 < mem["peak"] < line["hbm_bytes"] == int(15.75 * (1 << 30))
+    assert mem["aliased"] > 0  # the state is donated
+    # data parallel over 4 chips: the gradients are all-reduced
+    assert line["collectives"]["all-reduce"]["count"] > 0
+    # every attention call of the tiny model (UNet, ControlNet, VAE, CLIP) is counted with the kernel it got
+    assert line["attention_kernels"]["xla"] == sum(line["attention"].values()) > 0
+    assert any(":causal:77->77:" in k for k in line["attention"])  # the text encoder
+    assert line["flops_per_step"] > 0
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_impossible_batch_does_not_fit_and_names_the_remedy():
+    """512 px and 64 images per chip: the score matrices of the 4096-token self-attention alone exceed a v5e chip."""
+    res = run_plan("--topology", "v5e-1", "--per-chip-batch", "64", "--config.data.resolution=512")
+    assert res.returncode == EXIT_DOES_NOT_FIT, res.stderr[-3000:]
+    [line] = json_lines(res.stdout)
+    assert line["fits"] is False
+    need = line["bytes_per_chip"]["peak"] if "bytes_per_chip" in line else line["oom"]["required_bytes"]
+    assert need > line["hbm_bytes"]
+    assert "does not fit" in res.stderr and "smaller batch" in res.stderr and "remat" in res.stderr

@@ -1,0 +1,307 @@
+"""Will this run fit that TPU slice? The real train step compiled ahead of time for a slice, from any host.
+
+``plan_train_step(config, "v5p-64")`` builds the slice's compile-only devices (``tpu_topology``), the config's mesh
+over them, the abstract sharded train state and the step exactly as the trainer does (``plan_state`` +
+``lower_step`` under ``jax.set_mesh``), compiles it with the TPU compiler and reads back per-chip memory, the
+attention kernel every attention call got and the collectives in the program. A compile that fails with
+``RESOURCE_EXHAUSTED ... exceeds available HBM`` is a "does not fit" answer carrying the compiler's figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import sys
+import time
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+import ml_collections
+
+from xpsr_jax.train import hlo_stats
+from xpsr_jax.train.tpu_topology import GIB, Topology, parse
+
+
+@dataclasses.dataclass
+class ChipMemory:
+    """Bytes per chip from the compiler's memory analysis; peak = arguments + temporaries + outputs - aliased."""
+
+    arguments: int
+    temporaries: int
+    outputs: int
+    aliased: int
+    generated_code: int = 0
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.temporaries + self.outputs - self.aliased
+
+    @classmethod
+    def from_compiled(cls, compiled) -> "ChipMemory":
+        m = compiled.memory_analysis()
+        return cls(int(m.argument_size_in_bytes), int(m.temp_size_in_bytes), int(m.output_size_in_bytes),
+                   int(m.alias_size_in_bytes), int(m.generated_code_size_in_bytes))
+
+
+@dataclasses.dataclass
+class FitReport:
+    """One compile of one program for one slice (a JSON line: :meth:`as_json`)."""
+
+    program: str  # "train_step" | "denoise"
+    config: str
+    topology: Topology
+    mesh: dict[str, int]
+    per_chip_batch: int
+    global_batch: int
+    fits: bool
+    memory: ChipMemory | None  # None when the compiler refused the program for its size
+    compile_seconds: float
+    lower_seconds: float
+    compile_cpu_seconds: float
+    attention: dict[str, int]  # kernel:kind:q_len->kv_len -> calls
+    collectives: dict[str, dict[str, int]]  # kind -> {"count", "bytes"}
+    oom: dict | None = None  # {"message", "required_bytes", "available_bytes"} from a RESOURCE_EXHAUSTED compile
+    remedies: list[str] = dataclasses.field(default_factory=list)
+    flops_per_step: float | None = None  # global, from the XLA-attention lowering (kernels are invisible to XLA)
+    xla_optimal_seconds: float | None = None  # the compiler's own estimate of one step on one chip
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        topo = self.topology
+        out = {
+            "what": f"plan_{self.program}", "config": self.config, "topology": topo.name,
+            "topology_name": topo.topology_name, "chips": topo.chips, "mesh": self.mesh,
+            "per_chip_batch": self.per_chip_batch, "global_batch": self.global_batch,
+            "hbm_bytes": topo.hbm_bytes, "hbm_gib": round(topo.hbm_bytes / GIB, 2), "fits": self.fits,
+            "compile_seconds": round(self.compile_seconds, 1), "lower_seconds": round(self.lower_seconds, 1),
+            "compile_cpu_seconds": round(self.compile_cpu_seconds, 1),
+            "attention": self.attention, "attention_kernels": kernel_totals(self.attention),
+            "collectives": self.collectives,
+        }
+        if self.memory is not None:
+            mem = dataclasses.asdict(self.memory)
+            mem["peak"] = self.memory.peak
+            out["bytes_per_chip"] = mem
+            out["peak_gib"] = round(self.memory.peak / GIB, 2)
+        if self.oom is not None:
+            out["oom"] = self.oom
+        if self.remedies:
+            out["remedies"] = self.remedies
+        if self.flops_per_step:
+            out["flops_per_step"] = self.flops_per_step
+            out["flops_per_image"] = self.flops_per_step / self.global_batch
+            # the best a chip could do: images/s at 100 % of its dense bf16 peak
+            out["images_per_s_per_chip_at_peak"] = round(
+                topo.generation.peak_tflops * 1e12 * topo.chips / self.flops_per_step * self.global_batch
+                / topo.chips, 2)
+        if self.xla_optimal_seconds:
+            out["xla_optimal_seconds"] = self.xla_optimal_seconds
+            if self.flops_per_step and not any(k.startswith("splash") for k in self.attention):
+                out["xla_estimated_mfu"] = round(self.flops_per_step / topo.chips / self.xla_optimal_seconds
+                                                 / (topo.generation.peak_tflops * 1e12), 3)
+        out.update(self.extra)
+        return out
+
+
+def kernel_totals(attention: dict[str, int]) -> dict[str, int]:
+    totals: Counter = Counter()
+    for key, n in attention.items():
+        totals[key.split(":", 1)[0]] += n
+    return dict(totals)
+
+
+# --- attention kernels: which one each call got ------------------------------------------------------------------
+@contextlib.contextmanager
+def count_attention_kernels() -> Iterator[Counter]:
+    """Counts, while tracing, the kernel each attention call lowers to: ``splash`` (a Pallas call), ``cudnn`` or
+    ``xla``, keyed with the call's self/cross kind and lengths (``xla:self:4096->4096``).
+
+    The kernel choice happens inside ``nn.attention.dot_product_attention`` at trace time; the call is re-traced
+    alone (milliseconds) to see what it became, so the count reflects the real choice and not a guess from the
+    config."""
+    import jax
+
+    from xpsr_jax.nn import attention
+
+    original = attention.dot_product_attention
+    counts: Counter = Counter()
+
+    def counting(q, k, v, *args, **kwargs):
+        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+        text = str(jax.make_jaxpr(lambda q_, k_, v_: original(q_, k_, v_, *args, **kwargs))(
+            spec(q), spec(k), spec(v)))
+        kernel = "splash" if "pallas_call" in text else "cudnn" if "cudnn" in text else "xla"
+        causal = kwargs.get("is_causal", len(args) > 1 and args[1] is True)
+        kind = "causal" if causal else "self" if q.shape[1] == k.shape[1] else "cross"
+        counts[f"{kernel}:{kind}:{q.shape[1]}->{k.shape[1]}:d{q.shape[-1]}"] += 1
+        return original(q, k, v, *args, **kwargs)
+
+    # modules that imported the function by name (the CLIP text encoder) hold their own reference
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("xpsr_jax.") and getattr(m, "dot_product_attention", None) is original]
+    for module in holders:
+        module.dot_product_attention = counting
+    try:
+        yield counts
+    finally:
+        for module in holders:
+            module.dot_product_attention = original
+
+
+# --- compiling for a slice ---------------------------------------------------------------------------------------
+OOM_REQUIRED = re.compile(r"(?:required for [^()]*\(|Used )([\d.]+)([KMGT])")
+OOM_AVAILABLE = re.compile(r"(?:available HBM \(|of )([\d.]+)([KMGT])(?:\)| hbm)", re.IGNORECASE)
+_UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_oom(message: str) -> dict | None:
+    """The compiler's figures from a ``RESOURCE_EXHAUSTED`` compile error; None for any other error."""
+    if "resource_exhausted" not in message.lower() and "out of memory" not in message.lower():
+        return None
+    need, have = OOM_REQUIRED.search(message), OOM_AVAILABLE.search(message)
+    first = next((line for line in message.splitlines() if "RESOURCE_EXHAUSTED" in line or "memory" in line),
+                 message.splitlines()[0] if message else "")
+    out = {"message": first.strip()[:400]}
+    if need:
+        out["required_bytes"] = int(float(need.group(1)) * _UNIT[need.group(2)])
+    if have:
+        out["available_bytes"] = int(float(have.group(1)) * _UNIT[have.group(2)])
+    return out
+
+
+@dataclasses.dataclass
+class CompileResult:
+    compiled: Any | None
+    lower_seconds: float
+    compile_seconds: float
+    attention: dict[str, int]
+    oom: dict | None
+    compile_cpu_seconds: float  # the compiler's CPU time (all threads): comparable on a host shared with others
+
+
+def compile_for_slice(lower: Callable[[], Any]) -> CompileResult:
+    """Lower (counting attention kernels) and compile; a too-large program comes back as ``oom``, not an error."""
+    t0 = time.perf_counter()
+    with count_attention_kernels() as counts:
+        lowered = lower()
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    try:
+        compiled, oom = lowered.compile(), None
+    except Exception as e:  # noqa: BLE001 - JaxRuntimeError; only RESOURCE_EXHAUSTED is an answer, the rest re-raises
+        oom = parse_oom(str(e))
+        if oom is None:
+            raise
+        compiled = None
+    return CompileResult(compiled, t1 - t0, time.perf_counter() - t1, dict(sorted(counts.items())), oom,
+                         time.process_time() - cpu1)
+
+
+def slice_config(config: ml_collections.ConfigDict, topology: Topology,
+                 per_chip_batch: int | None) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """-> (config with the global batch for ``per_chip_batch``, the mesh over the slice, data-parallel width)."""
+    from xpsr_jax.train import partition
+
+    mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape), topology.devices())
+    rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
+    dp = partition.data_parallel_size(mesh, rules)
+    config = ml_collections.ConfigDict(config.to_dict())
+    if per_chip_batch is not None:
+        config.global_batch_size = per_chip_batch * dp
+    accum = config.optim.grad_accum_steps
+    if config.global_batch_size % (dp * accum):
+        raise ValueError(f"global batch {config.global_batch_size} does not split into {dp} data-parallel shards "
+                         f"x {accum} accumulation steps")
+    return config, mesh, dp
+
+
+def plan_train_step(config: ml_collections.ConfigDict, topology: str | Topology, per_chip_batch: int | None = None,
+                    *, config_name: str = "", count_flops: bool = True) -> FitReport:
+    """Compile the config's train step for ``topology`` (per-chip batch from the config unless given)."""
+    from xpsr_jax.train.trainer import global_step_flops, lower_step, plan_state
+
+    topology = parse(topology) if isinstance(topology, str) else topology
+    config, mesh, dp = slice_config(config, topology, per_chip_batch)
+    plan = plan_state(config, mesh)
+    result = compile_for_slice(lambda: lower_step(config, plan))
+    report = fit_report("train_step", config_name, topology, mesh, config.global_batch_size // dp,
+                     config.global_batch_size, result)
+    report.remedies = train_remedies(config, report, mesh) if not report.fits else []
+    if count_flops:
+        report.flops_per_step = global_step_flops(config, plan)
+    return report
+
+
+def fit_report(program: str, config_name: str, topology: Topology, mesh, per_chip_batch: int,
+               global_batch: int, result: CompileResult) -> FitReport:
+    """A compile's figures as a report: per-chip memory (None after an OOM), fits, collectives, XLA's estimate."""
+    memory = ChipMemory.from_compiled(result.compiled) if result.compiled is not None else None
+    fits = memory is not None and memory.peak <= topology.hbm_bytes
+    collectives, optimal = {}, None
+    if result.compiled is not None:
+        collectives = hlo_stats.collectives(result.compiled.as_text())
+        optimal = hlo_stats.optimal_seconds(result.compiled)
+    return FitReport(program, config_name, topology, {k: int(v) for k, v in mesh.shape.items()}, per_chip_batch,
+                     global_batch, fits, memory, result.compile_seconds, result.lower_seconds,
+                     result.compile_cpu_seconds, result.attention,
+                     collectives, oom=result.oom, xla_optimal_seconds=optimal)
+
+
+def train_remedies(config: ml_collections.ConfigDict, report: FitReport, mesh) -> list[str]:
+    """What would bring the step under the chip's HBM, most effective first."""
+    out = []
+    mem, hbm = report.memory, report.topology.hbm_bytes
+    fsdp = int(mesh.shape.get("fsdp", 1))
+    if fsdp < report.topology.chips and (mem is None or mem.arguments > hbm // 10):
+        wider = min(report.topology.chips, max(2 * fsdp, 8))
+        out.append(f"FSDP width: --config.mesh.shape='((\"data\", -1), (\"fsdp\", {wider}))' shards the "
+                   f"parameters and optimizer state over {wider} chips")
+    if any(k.startswith("xla:") and "->" in k and int(k.split(":")[2].split("->")[0]) >= 1024
+           for k in report.attention):
+        out.append("attention kernel: --config.model.attention_impl=splash (XLA attention materialises the "
+                   "score matrices of the long self-attentions)")
+    if not config.model.remat:
+        out.append("remat: --config.model.remat=True recomputes each block's activations in the backward pass")
+    if report.per_chip_batch > 1:
+        smaller = max(1, report.per_chip_batch // 2)
+        out.append(f"smaller batch: {smaller} per chip (--search-batch finds the largest that fits); "
+                   f"--config.optim.grad_accum_steps keeps the global batch")
+    return out
+
+
+def search_batch(plan: Callable[[int], FitReport], start: int = 1, limit: int = 1024,
+                 on_probe: Callable[[FitReport], None] | None = None) -> tuple[int | None, list[FitReport]]:
+    """The largest per-chip batch for which ``plan(batch).fits``: doubling from ``start`` to the first failure,
+    then bisection; each probe is one compile. -> (largest fitting batch or None, the probes in order)."""
+    probes: list[FitReport] = []
+
+    def fits(b: int) -> bool:
+        report = plan(b)
+        probes.append(report)
+        if on_probe:
+            on_probe(report)
+        return report.fits
+
+    lo, hi = 0, None  # lo fits (0: none known), hi does not
+    b = max(1, start)
+    if fits(b):
+        lo = b
+        while hi is None and b < limit:
+            b = min(2 * b, limit)
+            if fits(b):
+                lo = b
+            else:
+                hi = b
+        if hi is None:
+            return lo, probes
+    else:
+        hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid == 0:
+            break
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return (lo or None), probes

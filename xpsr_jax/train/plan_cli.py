@@ -1,0 +1,96 @@
+"""``xpsr-jax train --compile-only --topology v5p-64``: plan a TPU slice from any host (see ``train/plan.py``).
+
+Prints one JSON line per compile (``--search-batch``: one per probe, then the answer) and exits 0 when the step
+fits the slice's chips, ``EXIT_DOES_NOT_FIT`` when it does not, naming what would help on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from xpsr_jax.args import positive_int
+
+EXIT_DOES_NOT_FIT = 3
+
+PLAN_HELP = """planning (no TPU needed; needs libtpu: pip install 'jax[tpu]' at this JAX's version):
+  xpsr-jax train --config xpsr_sd15 --compile-only --topology v5p-8
+  xpsr-jax train --config xpsr_sd15 --compile-only --topology v5p-64 --config.mesh.shape='(("data",-1),("fsdp",8))'
+  xpsr-jax train --config xpsr_sd15 --compile-only --topology v5e-8 --search-batch
+exit status 0: fits; 3: does not fit (stderr names what would help). JAX_COMPILATION_CACHE_DIR=DIR keeps
+compiled programs for the next run.
+"""
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("planning a TPU slice (compile only)")
+    g.add_argument("--compile-only", action="store_true",
+                   help="compile the train step for --topology and report per-chip memory and whether it fits; "
+                        "trains nothing, needs no --workdir")
+    g.add_argument("--topology", help="Cloud TPU accelerator type: v4-8, v5e-8 (v5litepod-8), v5p-8, v5p-64, v6e-8 ...")
+    g.add_argument("--per-chip-batch", type=positive_int,
+                   help="images per chip (default: the config's global_batch_size over the data-parallel chips)")
+    g.add_argument("--search-batch", action="store_true",
+                   help="find the largest per-chip batch that fits (doubling, then bisection; one compile each)")
+
+
+def check_plan_arguments(args) -> None:
+    """Usage errors of the planning flags, before anything heavy is imported."""
+    from xpsr_jax.errors import UsageError
+
+    planning = args.topology or args.search_batch or args.per_chip_batch
+    if planning and not args.compile_only:
+        raise UsageError("--topology, --per-chip-batch and --search-batch plan a slice: add --compile-only")
+    if args.compile_only and not args.topology:
+        raise UsageError("--compile-only needs --topology (e.g. v5p-8, v5e-8, v6e-8)")
+    if args.compile_only:
+        from xpsr_jax.train.tpu_topology import parse
+
+        try:
+            parse(args.topology)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+
+def run_plan(args, config) -> int:
+    """Compile for the slice and print the JSON line(s); -> exit status."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a second planner (or test) may hold libtpu
+    from xpsr_jax.train.plan import plan_train_step, search_batch
+
+    name = args.config
+
+    def emit(report) -> None:
+        print(json.dumps(report.as_json()), flush=True)
+
+    if not args.search_batch:
+        report = plan_train_step(config, args.topology, args.per_chip_batch, config_name=name)
+        emit(report)
+        if not report.fits:
+            _explain(report)
+            return EXIT_DOES_NOT_FIT
+        return 0
+
+    def probe(batch):
+        return plan_train_step(config, args.topology, batch, config_name=name, count_flops=False)
+
+    best, probes = search_batch(probe, start=args.per_chip_batch or 1, on_probe=emit)
+    print(json.dumps({"what": "plan_search_batch", "config": name, "topology": probes[0].topology.name,
+                      "largest_per_chip_batch": best,
+                      "probes": [{"per_chip_batch": r.per_chip_batch, "fits": r.fits,
+                                  "peak_bytes": r.memory.peak if r.memory else None,
+                                  "compile_seconds": round(r.compile_seconds, 1)} for r in probes]}), flush=True)
+    if best is None:
+        _explain(probes[-1])
+        return EXIT_DOES_NOT_FIT
+    return 0
+
+
+def _explain(report) -> None:
+    need = report.memory.peak if report.memory else (report.oom or {}).get("required_bytes")
+    gib = f"{need / (1 << 30):.2f} GiB" if need else "more than it has"
+    lines = [f"does not fit: the step needs {gib} per chip, a {report.topology.name} chip has "
+             f"{report.topology.hbm_bytes / (1 << 30):.2f} GiB; what would help:"]
+    lines += [f"  - {r}" for r in report.remedies]
+    print("\n".join(lines), file=sys.stderr)
