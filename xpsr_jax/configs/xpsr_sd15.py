@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.highlevel_prompt = "empty"
     c.model.vae = ml_collections.ConfigDict()  # overrides of VAEConfig fields
     c.model.text_encoder = ml_collections.ConfigDict()  # overrides of the CLIP text config
-    c.model.attention_impl = "auto"  # auto | xla | cudnn
+    c.model.attention_impl = "auto"  # auto | xla | cudnn | splash (xpsr_jax/nn/attention.py)
+    c.model.splash_min_length = 1024  # TPU: self-attentions with at least this many tokens use splash attention
     c.model.remat = False  # recompute each ResNet / Transformer2D block in the backward pass
 
     # where the weights start: a Flax checkpoint from `xpsr-jax convert sd15` ("" = random init, tests only)

@@ -1,12 +1,42 @@
 """Multi-head attention and the one place that chooses the attention kernel.
 
-``impl`` is ``"auto"`` (cuDNN flash attention on GPU where it accepts the shapes, XLA otherwise), ``"xla"``
-(force the portable kernel), or ``"cudnn"`` (require it; fail if it refuses). cuDNN refuses, among others, fp32
-inputs and some key lengths (77-token cross-attention); "auto" then falls back to XLA at trace time, so one model
-mixes both kernels: flash for the 4096-token self-attention, XLA for the text cross-attention.
+The kernel is chosen per call, at trace time, from an ``AttentionImpl`` (or just its name):
+
+- ``"auto"``: on TPU, Pallas splash attention (``xpsr_jax.nn.splash``) for the calls it takes, XLA for the rest;
+  on GPU, cuDNN flash attention where it accepts the shapes, XLA otherwise; XLA on CPU.
+- ``"splash"``: require splash attention wherever the length rule below sends a call to it; a call there that it
+  cannot take (integer inputs, unequal heads or head dims, rectangular causal attention) raises, naming the shape. The platform is not checked while
+  tracing (parameter shapes are traced on the host, and a TPU program may be lowered ahead of time on a CPU
+  host): lowering a splash call for a CPU or GPU without ``interpret()`` fails in Pallas.
+- ``"cudnn"``: require cuDNN (it fails if it refuses); ``"xla"``: the portable kernel everywhere.
+
+Which calls go to splash: those whose query *and* key lengths are both at least ``splash_min_length`` (the
+config's ``model.splash_min_length``), i.e. the large self-attentions; the rest stay on XLA. For SD1.5 at 512 px
+the self-attention lengths are 4096, 1024, 256 and 64 tokens (head dims 40, 80, 160, 160). The XLA path
+materialises the (B, N, Tq, Tk) score matrix and its gradient — at 4096 tokens about 0.75 GiB of temporaries per
+image for forward and backward — while splash keeps scores in VMEM tiles; below ~1024 tokens the matrix is small.
+
+Cross-attention to the 77 text tokens stays on XLA (77 is far below the threshold). Splash could take it (kv padded to 128 and the padding hidden
+with segment ids; ``xpsr_jax.nn.splash`` does this and the tests check it), but compiled ahead of time for a v5e
+chip (forward + backward, bf16, 8 images per chip, 4096 queries, 8 heads of 40, 77 keys) XLA needs 40 MiB of
+temporaries and splash 196 MiB (the padded, head-major copies of q, k, v and their gradients), while the padded
+kernel also does 128/77 = 1.7x the score work. The (4096 x 77) score matrix is small; (4096 x 4096) is not: the
+same comparison for self-attention gives XLA 6144 MiB vs splash 833 MiB at 4096 tokens (head dim 40), 384 vs 19
+MiB at 1024 (head dim 80) and nothing to save at 256 (head dim 160), hence the default threshold of 1024.
+
+The platform: under ``jax.set_mesh`` (how the train step is lowered, also ahead of time for
+a TPU topology on a CPU host) the mesh's devices say the platform; otherwise the default backend does.
+
+``recording()`` collects, at trace time, which kernel each attention call got (for compile reports);
+``interpret()`` makes splash run through the Pallas interpreter so that CPU tests exercise it.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -14,26 +44,127 @@ import jax.numpy as jnp
 
 from xpsr_jax.nn.layers import Dtype, Linear
 
-IMPLS = ("auto", "xla", "cudnn")
+IMPLS = ("auto", "xla", "cudnn", "splash")
+DEFAULT_SPLASH_MIN_LENGTH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionImpl:
+    """How attention calls pick their kernel: ``impl`` (one of ``IMPLS``) and the splash length threshold.
+
+    Hashable, so it can be a flax module attribute wherever an impl name is accepted."""
+
+    impl: str = "auto"
+    splash_min_length: int = DEFAULT_SPLASH_MIN_LENGTH
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"attention impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.splash_min_length < 1:
+            raise ValueError(f"splash_min_length must be positive, got {self.splash_min_length}")
+
+    @classmethod
+    def of(cls, impl: "str | AttentionImpl") -> "AttentionImpl":
+        return impl if isinstance(impl, AttentionImpl) else cls(impl)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """One attention call as traced: the kernel it got (``"xla"``, ``"cudnn"`` or ``"splash"``) and its shape."""
+
+    impl: str
+    q_len: int
+    kv_len: int
+    heads: int
+    head_dim: int
+
+
+_LOGS: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("attention_logs", default=())
+_INTERPRET: contextvars.ContextVar[bool] = contextvars.ContextVar("splash_interpret", default=False)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[AttentionCall]]:
+    """``with recording() as log: jax.jit(f).lower(...)`` -> one ``AttentionCall`` per attention call traced.
+
+    Only tracing records: a call served from jit's cache adds nothing. Recorders nest; each sees every call."""
+    log: list[AttentionCall] = []
+    token = _LOGS.set(_LOGS.get() + (log,))
+    try:
+        yield log
+    finally:
+        _LOGS.reset(token)
+
+
+@contextlib.contextmanager
+def interpret() -> Iterator[None]:
+    """Trace splash attention for the Pallas interpreter: it then runs on CPU (slowly), and counts as available."""
+    token = _INTERPRET.set(True)
+    try:
+        yield
+    finally:
+        _INTERPRET.reset(token)
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "auto", is_causal: bool = False
+    q: jax.Array, k: jax.Array, v: jax.Array, impl: "str | AttentionImpl" = "auto", is_causal: bool = False
 ) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v for q (B, Tq, N, D), k and v (B, Tk, N, D) -> (B, Tq, N, D).
 
     ``is_causal`` lets query i see keys 0..i only (CLIP's text encoder); there is no other mask.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="cudnn")
-    if impl == "auto" and _cudnn_may_accept(q):
+    policy = AttentionImpl.of(impl)
+    chosen, out = _dispatch(q, k, v, policy, is_causal)
+    call = AttentionCall(chosen, q.shape[1], k.shape[1], q.shape[2], q.shape[3])
+    for log in _LOGS.get():
+        log.append(call)
+    return out
+
+
+def _dispatch(q, k, v, policy: AttentionImpl, is_causal: bool) -> tuple[str, jax.Array]:
+    if policy.impl in ("auto", "splash") and _splash_by_length(q, k, policy):
+        reason = _splash_refusal(q, k, v, is_causal)
+        if reason is None and policy.impl == "auto" and _platform() != "tpu" and not _INTERPRET.get():
+            reason = "not on a TPU"
+        if reason is None:
+            from xpsr_jax.nn.splash import splash_attention
+
+            return "splash", splash_attention(q, k, v, is_causal=is_causal, interpret=_INTERPRET.get())
+        if policy.impl == "splash":
+            raise ValueError(f"splash attention cannot take q {q.shape}, k {k.shape} (B, T, heads, head_dim): "
+                             f"{reason}")
+    if policy.impl == "cudnn" or (policy.impl == "auto" and _cudnn_may_accept(q)):
         try:
-            return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="cudnn")
+            return "cudnn", jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="cudnn")
         except Exception:  # noqa: BLE001 - cuDNN's shape/dtype checks raise various types; XLA always works
-            pass
-    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="xla")
+            if policy.impl == "cudnn":
+                raise
+    return "xla", jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="xla")
+
+
+def _splash_by_length(q, k, policy: AttentionImpl) -> bool:
+    return min(q.shape[1], k.shape[1]) >= policy.splash_min_length
+
+
+def _splash_refusal(q, k, v, is_causal: bool) -> str | None:
+    """Why the splash wrapper cannot take this call, or None when it can."""
+    if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in (q, k, v)):
+        return f"dtypes {q.dtype}, {k.dtype}, {v.dtype} are not all floating point"
+    if not q.shape[2] == k.shape[2] == v.shape[2]:
+        return "q, k and v must have the same number of heads (grouped-query attention is not wired)"
+    if not q.shape[3] == k.shape[3] == v.shape[3]:
+        return "q, k and v must have the same head dim"
+    if k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0]:
+        return "batch or key lengths disagree"
+    if is_causal and q.shape[1] != k.shape[1]:
+        return "causal attention needs as many queries as keys"
+    return None
+
+
+def _platform() -> str:
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def _cudnn_may_accept(q: jax.Array) -> bool:
@@ -49,7 +180,7 @@ class Attention(nn.Module):
     heads: int
     dim_head: int
     qkv_bias: bool = False
-    impl: str = "auto"
+    impl: "str | AttentionImpl" = "auto"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 

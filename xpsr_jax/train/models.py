@@ -15,6 +15,7 @@ from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.models.vae import AutoencoderKL
 from xpsr_jax.models.vae_config import VAEConfig
 from xpsr_jax.models.xpsr import XPSR, ZERO_INIT_MODULES
+from xpsr_jax.nn.attention import DEFAULT_SPLASH_MIN_LENGTH, AttentionImpl
 from xpsr_jax.nn.init import fresh_params
 
 SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -58,7 +59,8 @@ def build(model_cfg: ml_collections.ConfigDict, compute_dtype: str) -> Networks:
     dtype = jnp.dtype(compute_dtype)
     vae_over = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(model_cfg.vae).items()}
     text_cfg = ClipTextConfig.from_dict({**SD15_TEXT, **dict(model_cfg.text_encoder)})
-    impl = model_cfg.attention_impl
+    impl = AttentionImpl(model_cfg.attention_impl,
+                         model_cfg.get("splash_min_length", DEFAULT_SPLASH_MIN_LENGTH))
     return Networks(
         xpsr=XPSR(unet_config(model_cfg), attention_impl=impl, dtype=dtype, remat=model_cfg.remat),
         vae=AutoencoderKL(VAEConfig(**vae_over), attention_impl=impl, dtype=dtype),
