@@ -54,10 +54,10 @@ def test_convert_sd15_then_to_torch(sd15_folder, tmp_path):
     assert set(back) == set(vae_sd) and all(np.array_equal(back[k], vae_sd[k]) for k in vae_sd)
 
 
-def test_convert_refuses_to_overwrite(sd15_folder, tmp_path):
+def test_convert_refuses_to_overwrite(sd15_folder, tmp_path, capsys):
     (tmp_path / "flax").mkdir()
-    with pytest.raises(checkpoint.CheckpointError, match="exists"):
-        cli(["convert", "sd15", str(sd15_folder), str(tmp_path / "flax")])
+    assert cli(["convert", "sd15", str(sd15_folder), str(tmp_path / "flax")]) == 2  # before anything is read
+    assert "flax already exists; pass --overwrite" in capsys.readouterr().err
 
 
 def test_missing_component_is_named(sd15_folder, tmp_path):
@@ -67,7 +67,7 @@ def test_missing_component_is_named(sd15_folder, tmp_path):
     shutil.copytree(sd15_folder, broken)
     shutil.rmtree(broken / "vae")
     with pytest.raises(io.WeightFileError, match=r"vae"):
-        cli(["convert", "sd15", str(broken), str(tmp_path / "out")])
+        cli(["--traceback", "convert", "sd15", str(broken), str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 

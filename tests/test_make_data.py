@@ -182,7 +182,8 @@ def test_cli(hr_dir, tmp_path, capsys):
     assert cli_main(["make-data", str(hr_dir), str(tmp_path), "--crop-size", "128", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "4 pairs written, 1 skipped" in printed and "dataset complete" in printed
-    assert cli_main(["make-data", str(hr_dir), str(tmp_path), "--crop-size", "128", "--epochs", "2"]) == 1
+    # OUT made with other settings: refused before any work, a usage error
+    assert cli_main(["make-data", str(hr_dir), str(tmp_path), "--crop-size", "128", "--epochs", "2"]) == 2
     assert "other settings" in capsys.readouterr().err
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xpsr_jax.args import add_overwrite, nonnegative_int, positive_int
+
 HELP = "offline MLLM captions (high-level content, low-level quality) of an image folder or make-data pairs"
 
 USAGE = """\
@@ -52,8 +54,13 @@ examples:
   # reuse the official prompt folders (highlevel_prompt/, lowlevel_prompt_q/, *_GT/):
   xpsr-jax caption --import-official testset/RealSR_CenterCrop realsr_captions.jsonl
 
+existing files: captioning only appends records for ids that have none (resume); an import that would replace
+records OUT already holds is refused unless --overwrite; OUT may not be a folder, an input, or lie inside an
+input folder. A line cut short by a crash at the end of OUT is dropped when OUT is next opened.
+
 exit status: 0 when every image owned by this shard has captions; 1 when some image could not be read or
-paired (listed on stderr); 2 for bad arguments, missing folders or a model that cannot be loaded.
+paired (listed on stderr), or when there was nothing to caption or import; 2 for bad arguments, missing
+folders, a refused OUT or a model that cannot be loaded.
 """
 
 
@@ -72,15 +79,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="LLaVA model for the high-level pass: hub id or local folder (default: %(default)s)")
     p.add_argument("--lowlevel-model", metavar="ID",
                    help="LLaVA-architecture model for the low-level pass (default: the --model one)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per generate call; with --hr-dir each pair counts once and is run as LR+HR "
                         "(default: %(default)s)")
-    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the ids into N shards")
-    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="the shard this process captions")
+    p.add_argument("--num-shards", type=positive_int, default=1, metavar="N", help="split the ids into N shards")
+    p.add_argument("--shard-index", type=nonnegative_int, default=0, metavar="I",
+                   help="the shard this process captions")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="model dtype; auto = float16 on GPU (as XPSR), float32 on CPU (default: auto)")
     p.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda when available, else cpu)")
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
+    p.add_argument("--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH, metavar="L",
                    help="prompt + reply tokens, <image> counted once (default: %(default)s)")
     p.add_argument("--merge", action="store_true",
                    help="fold OUT's shard files into OUT (after captioning, when IMAGES is given)")
@@ -90,6 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sidecar-field", choices=FIELDS, default="highlevel",
                    help="field the sidecar texts fill (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
     return p
 
@@ -128,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_import(args, source: Path) -> int:
+    from xpsr_jax.errors import NothingDoneError
+
     from .official import import_records, official_folders, read_official, read_sidecars
 
     out = _single_out(args)
@@ -135,15 +146,46 @@ def _run_import(args, source: Path) -> int:
         return _error("an import takes DIR and OUT only")
     if not source.is_dir():
         return _error(f"not a folder: {source}")
+    _check_out(out, [("DIR", source)])
     if args.import_official:
         if not official_folders(source):
             return _error(f"no highlevel_prompt*/lowlevel_prompt* folders in {source}")
         records = read_official(source)
     else:
         records = read_sidecars(source, args.sidecar_field)
+    if not records:
+        raise NothingDoneError(f"no prompt files (*.txt) found under {source}; nothing imported")
+    _refuse_replacing(Path(out), records, args.overwrite)
     count = import_records(out, records)
     print(f"imported {count} records from {source} into {out}")
-    return 0 if count else 1
+    return 0
+
+
+def _check_out(out, inputs) -> None:
+    """OUT is a store file: not a folder, not an input, not inside an input folder."""
+    from xpsr_jax.errors import OutputExistsError
+    from xpsr_jax.outputs import refuse_over_inputs
+
+    refuse_over_inputs(out, inputs)
+    if Path(out).is_dir():
+        raise OutputExistsError(f"OUT {out} is a folder; give the caption store's file name (a .jsonl)")
+
+
+def _refuse_replacing(out: Path, records: dict, overwrite: bool) -> None:
+    """An import adds records and fields; replacing a field value OUT already holds needs --overwrite."""
+    from xpsr_jax.errors import OutputExistsError
+
+    from .store import CaptionStore
+
+    if overwrite or not out.is_file():
+        return
+    held = CaptionStore.open(out)
+    clash = sorted(rid for rid, rec in records.items() if rid in held
+                   and any(k != "id" and k in held.get(rid) and held.get(rid)[k] != v for k, v in rec.items()))
+    if clash:
+        more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+        raise OutputExistsError(f"OUT {out} already holds records for {clash[0]!r}{more}; pass --overwrite to "
+                                "replace them")
 
 
 def _run_merge(out: Path) -> int:
@@ -158,6 +200,10 @@ def _run_merge(out: Path) -> int:
 
 
 def _run_caption(args) -> int:
+    from xpsr_jax.errors import NothingDoneError
+
+    from .images import list_images
+    from .records import is_records_folder
     from .runner import CaptionJob, ModelLoadError, caption_folder
 
     if not Path(args.images).is_dir():
@@ -168,6 +214,11 @@ def _run_caption(args) -> int:
         return _error(f"--shard-index must be in [0, {args.num_shards}) and --num-shards at least 1")
     if args.batch_size < 1 or args.max_length < 2:
         return _error("--batch-size must be at least 1 and --max-length at least 2")
+    _check_out(args.out, [("IMAGES", args.images), ("--hr-dir", args.hr_dir)])
+    if not is_records_folder(args.images):
+        unique, duplicates = list_images(args.images)
+        if not unique and not duplicates:  # before any model loads: nothing to caption is not a success
+            raise NothingDoneError(f"no images (png, jpg, jpeg, bmp, webp, tif) under IMAGES {args.images}")
     job = CaptionJob(images=Path(args.images), out=Path(args.out),
                      hr_dir=Path(args.hr_dir) if args.hr_dir else None, model=args.model,
                      lowlevel_model=args.lowlevel_model, batch_size=args.batch_size, num_shards=args.num_shards,

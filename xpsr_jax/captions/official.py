@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from .store import FIELDS, CaptionStore
+from xpsr_jax.errors import TextDecodeError
 
 # field -> folder names, first existing one wins
 OFFICIAL_FOLDERS = {
@@ -37,9 +38,13 @@ _NOT_PROMPTS = frozenset({"_abnormal.txt"})
 
 
 def read_prompt_file(path: str | os.PathLike) -> str:
-    """First line of a prompt file, lstripped, without its line break."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline()
+    """First line of a prompt file, lstripped, without its line break. A file that is not UTF-8 raises
+    TextDecodeError naming it: its bytes are never replaced silently (the prompt would change)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except UnicodeDecodeError as e:
+        raise TextDecodeError(f"prompt file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     return first.lstrip().rstrip("\r\n")
 
 

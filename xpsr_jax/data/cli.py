@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xpsr_jax.args import add_overwrite, nonnegative_int, positive_int
+
 HELP = "degraded LR/HR training pairs (+ captions) from HR images -> ArrayRecord shards"
 
 DESCRIPTION = """\
@@ -31,7 +33,13 @@ examples:
   xpsr-jax make-data data/HR data/hr_only --hr-only                       # for online degradation
   xpsr-jax make-data div2k data/pairs --tfds-split train                  # tfds (online)
 
-exit status: 0 when this host's shards are complete; 1 on an error naming its cause; 2 for bad arguments.
+existing files: rerunning into OUT with the same settings resumes (finished shards are kept); OUT made with
+other settings is refused unless --overwrite, which deletes what make-data wrote there (records/, stats/,
+plan.json, summary*.json) and starts over. OUT may not be HR_DIR, lie inside it, or be the --captions file.
+Every file appears atomically (shards under a temporary name, then renamed).
+
+exit status: 0 when this host's shards are complete; 1 on an error naming its cause, or when no pair could be
+written (every image skipped: the dataset is then not marked complete); 2 for bad arguments or a refused OUT.
 """
 
 
@@ -41,34 +49,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="HR_DIR", help="folder of HR images, or a tfds dataset name")
     p.add_argument("out", metavar="OUT", help="output folder (records/, stats/, plan.json, summary.json)")
-    p.add_argument("--epochs", type=int, default=1, metavar="K",
+    p.add_argument("--epochs", type=positive_int, default=1, metavar="K",
                    help="degraded copies of every image, each with new draws (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
-    p.add_argument("--lr-size", type=int, default=None,
+    p.add_argument("--lr-size", type=positive_int, default=None,
                    help="LR stored bicubic-upsampled to the crop size (default, what XPSR trains on) or at "
                         "crop/4 (128)")
-    p.add_argument("--crop-size", type=int, default=512, help="HR crop size (default: %(default)s)")
+    p.add_argument("--crop-size", type=positive_int, default=512, help="HR crop size (default: %(default)s)")
     p.add_argument("--hr-only", action="store_true",
                    help="store the whole decoded HR image and no LR: the training pipeline degrades online")
     p.add_argument("--captions", metavar="JSONL",
                    help="caption store: one {\"id\", \"highlevel\", \"lowlevel\", \"highlevel_hr\", "
                         "\"lowlevel_hr\"} object per line; id = path under HR_DIR without extension")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
+    p.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
                    help="worker processes (0 or 1: in this process; default: %(default)s)")
-    p.add_argument("--num-hosts", type=int, default=1, help="machines sharing the work (default: %(default)s)")
-    p.add_argument("--host-index", type=int, default=0, help="this machine's index (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=500, metavar="N",
+    p.add_argument("--num-hosts", type=positive_int, default=1, help="machines sharing the work (default: %(default)s)")
+    p.add_argument("--host-index", type=nonnegative_int, default=0, help="this machine's index (default: %(default)s)")
+    p.add_argument("--shard-size", type=positive_int, default=500, metavar="N",
                    help="pairs per shard, about 0.6 MB each at 512 (default: %(default)s)")
-    p.add_argument("--share-draws", type=int, default=0, metavar="B",
+    p.add_argument("--share-draws", type=nonnegative_int, default=0, metavar="B",
                    help="share the batch-level degradation draws within groups of B images, as the official "
                         "script's batches of 10 did (default: 0, every draw per image)")
     p.add_argument("--no-usm", dest="use_usm", action="store_false",
                    help="keep the HR crop unsharpened (the official data sharpens it)")
     p.add_argument("--alpha", choices=("white", "drop"), default="white",
                    help="images with transparency: composite on white, or drop alpha (default: %(default)s)")
-    p.add_argument("--min-pixels", type=int, default=0,
+    p.add_argument("--min-pixels", type=nonnegative_int, default=0,
                    help="skip images with fewer pixels (SeeSR's data used 147456 = 384^2; default: 0)")
-    p.add_argument("--min-bytes", type=int, default=0,
+    p.add_argument("--min-bytes", type=nonnegative_int, default=0,
                    help="skip files smaller than this (SeeSR's data used 102400; default: 0)")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="an unreadable image: skip and count it, or stop (default: %(default)s)")
@@ -76,19 +84,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tfds-data-dir", help="tfds source: data_dir of a prepared copy")
     p.add_argument("--tfds-image-key", help="tfds source: image feature (default: hr if present, else image)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from xpsr_jax.data.images import ImageDecodeError
-    from xpsr_jax.data.make_data import MakeDataConfig, format_summary, make_data
+    from pathlib import Path
 
+    from xpsr_jax.data.make_data import MakeDataConfig, format_summary, make_data
+    from xpsr_jax.errors import OutputExistsError, XPSRError
+    from xpsr_jax.outputs import refuse_over_inputs, require_file, require_folder
     from xpsr_jax.paths import check_local
 
     try:
         check_local(args.out, "OUT")
         check_local(args.source, "HR_DIR")
+        if Path(args.source).exists():
+            require_folder(args.source, "HR_DIR")
+        require_file(args.captions, "--captions")
+        hr_dir = args.source if Path(args.source).is_dir() else None
+        refuse_over_inputs(args.out, [("HR_DIR", hr_dir), ("--captions", args.captions)])
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise OutputExistsError(f"OUT {args.out} is a file, not a folder")
         cfg = MakeDataConfig(source=args.source, out=args.out, epochs=args.epochs, seed=args.seed,
                              crop_size=args.crop_size, lr_size=args.lr_size, hr_only=args.hr_only,
                              shard_size=args.shard_size, workers=args.workers, num_hosts=args.num_hosts,
@@ -96,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
                              use_usm=args.use_usm, alpha=args.alpha, min_pixels=args.min_pixels,
                              min_bytes=args.min_bytes, on_error=args.on_error, tfds_split=args.tfds_split,
                              tfds_data_dir=args.tfds_data_dir, tfds_image_key=args.tfds_image_key,
-                             progress=args.progress)
+                             progress=args.progress, overwrite=args.overwrite)
         summary = make_data(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError, ImageDecodeError) as e:
-        print(f"make-data: error: {e}", file=sys.stderr)
+    except XPSRError:
+        raise  # reported by xpsr_jax.cli.main with its own exit code
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"xpsr-jax make-data: error: {e}", file=sys.stderr)
         return 1
     print(format_summary(summary))
     return 0

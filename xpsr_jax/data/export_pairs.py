@@ -3,7 +3,8 @@
 For what reads folders: ``sr`` and ``eval`` on a validation set built by make-data, or a caption run by another
 tool. File names are the record's image id (``sub/0001.png``); with several degraded copies of an image the copy
 number is added (``sub/0001#3.png``, the key ``make-data --captions`` tries first), so no copy overwrites another.
-Rerunning skips files that already exist with the same bytes' length.
+Rerunning skips files that already hold the same bytes; a file with other bytes is refused (before anything is
+written) unless ``overwrite``. Each PNG appears atomically. A make-data output with no pairs is an error.
 """
 
 from __future__ import annotations
@@ -13,38 +14,57 @@ import os
 import sys
 from pathlib import Path
 
+from xpsr_jax.args import add_overwrite
+
 HELP = "write a make-data output's pairs as PNG folders OUT/LR and OUT/HR"
 
 
 def export_pairs(records: str | os.PathLike, out: str | os.PathLike, *, per_copy_ids: bool | None = None,
-                 progress: bool = False) -> int:
-    """Export every pair; returns how many. ``per_copy_ids`` None: add ``#copy`` when any record's copy is > 0."""
+                 progress: bool = False, overwrite: bool = False) -> int:
+    """Export every pair; returns how many. ``per_copy_ids`` None: add ``#copy`` when any record's copy is > 0.
+
+    Two passes: the first reads every record and refuses (OutputExistsError) when a file to be written exists
+    with other bytes and ``overwrite`` is False, or when a record has no LR image, so a refusal writes nothing.
+    """
     from tqdm import tqdm
 
-    from xpsr_jax.data.caption_lookup import pair_key
     from xpsr_jax.data.pipeline import records_source
-    from xpsr_jax.data.records import parse
+    from xpsr_jax.errors import NothingDoneError
+    from xpsr_jax.files import atomic_write_bytes
+    from xpsr_jax.outputs import refuse_existing
 
     source, out = records_source(records), Path(out)
+    if len(source) == 0:
+        raise NothingDoneError(f"{records} holds no pairs; nothing to export")
     if per_copy_ids is None:
         per_copy_ids = _has_copies(records)
-    written = 0
-    for k in tqdm(range(len(source)), unit="pair", desc="export", disable=not progress):
+    changed = [path for path, data in _files(source, records, out, per_copy_ids) if _differs(path, data)]
+    refuse_existing([p for p in changed if p.exists()], overwrite, "OUT")
+    for path, data in tqdm(_files(source, records, out, per_copy_ids), total=2 * len(source), unit="file",
+                           desc="export", disable=not progress):
+        if _differs(path, data):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)  # already PNG bytes; a killed export leaves no half image
+    return len(source)
+
+
+def _files(source, records, out: Path, per_copy_ids: bool):
+    """(path, PNG bytes) of every file to export, record by record."""
+    from xpsr_jax.data.caption_lookup import pair_key
+    from xpsr_jax.data.records import parse
+
+    for k in range(len(source)):
         rec = parse(source[k])
         if not len(rec["lr"]):
             raise ValueError(f"{records}: record {k} ({rec['id']!r}) has no LR image (made with make-data "
                              "--hr-only); there is no pair to export")
         name = pair_key(rec["id"], rec["epoch"]) if per_copy_ids else rec["id"]
         for side in ("lr", "hr"):
-            path = out / side.upper() / f"{name}.png"
-            if path.is_file() and path.stat().st_size == len(rec[side]):
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(rec[side])  # already PNG bytes
-            os.replace(tmp, path)  # a killed export never leaves a half-written image behind
-        written += 1
-    return written
+            yield out / side.upper() / f"{name}.png", rec[side]
+
+
+def _differs(path: Path, data: bytes) -> bool:
+    return not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data)
 
 
 def _has_copies(records) -> bool:
@@ -70,13 +90,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="name files ID#COPY (default: when the output has several copies per image)")
     ids.add_argument("--plain-ids", dest="per_copy_ids", action="store_false", help="name files ID")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from xpsr_jax.errors import XPSRError
+    from xpsr_jax.outputs import refuse_over_inputs
+
     try:
-        n = export_pairs(args.records, args.out, per_copy_ids=args.per_copy_ids, progress=args.progress)
+        refuse_over_inputs(Path(args.out) / "LR", [("RECORDS", args.records)], "OUT")
+        refuse_over_inputs(Path(args.out) / "HR", [("RECORDS", args.records)], "OUT")
+        n = export_pairs(args.records, args.out, per_copy_ids=args.per_copy_ids, progress=args.progress,
+                         overwrite=args.overwrite)
+    except XPSRError:
+        raise  # reported by xpsr_jax.cli.main with its own exit code
     except (ValueError, FileNotFoundError) as exc:
         print(f"xpsr-jax export-pairs: error: {exc}", file=sys.stderr)
         return 1

@@ -10,11 +10,13 @@ What XPSR's offline data generation does (reference §4.1), made reproducible an
   item (epoch, index) is seeded by ``(seed, epoch, index)`` only (``shard_plan``);
 * prompts come from a caption store (``caption_lookup``), joined by image id;
 * shards are written under a temporary name and renamed when complete: a rerun with the same settings skips
-  finished shards and redoes the rest. ``OUT/plan.json`` holds the settings and a rerun with others is refused;
+  finished shards and redoes the rest. ``OUT/plan.json`` holds the settings and a rerun with others is refused
+  (``overwrite=True`` deletes what make-data wrote there and starts over);
 * ``num_hosts``/``host_index`` split the shards between machines; ``workers`` processes share one host's items;
 * ``OUT/stats/<shard>.json`` keeps each shard's counts; the summary (``OUT/summary.json``, or
   ``summary-host{i}-of-{n}.json`` on several hosts) adds them up. When every shard exists, tfds metadata is
-  written so ``records.tfds_builder(OUT)`` reads the dataset.
+  written so ``records.tfds_builder(OUT)`` reads the dataset; never for a dataset of 0 pairs, and a host whose
+  shards hold no pair ends with ``NothingDoneError`` (every image skipped is not a success).
 
 Meta ``crop`` (top, left) is counted in the flipped, padded image, as ``degradations.random_crop`` cuts it.
 """
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +44,8 @@ from xpsr_jax.data.images import ImageDecodeError
 from xpsr_jax.data.pair_item import CORRUPT, ItemResult, ItemSettings, ItemTask, init_worker, make_item, \
     make_item_in_worker
 from xpsr_jax.data.shard_plan import ShardPlan
+from xpsr_jax.errors import NothingDoneError, UsageError
+from xpsr_jax.files import atomic_write_json
 
 PLAN_FILE = "plan.json"
 STATS_DIR = "stats"
@@ -73,6 +78,7 @@ class MakeDataConfig:
     tfds_data_dir: str | None = None
     tfds_image_key: str | None = None
     progress: bool = True
+    overwrite: bool = False  # an OUT made with other settings: delete make-data's files there and start over
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -140,22 +146,36 @@ def _plan_record(cfg: MakeDataConfig, source, plan: ShardPlan, settings: ItemSet
             "captions": str(Path(cfg.captions).resolve()) if cfg.captions else None}
 
 
+class OtherSettingsError(UsageError, ValueError):
+    """OUT holds a make-data output made with other settings (resume needs the same ones)."""
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: a reader (or another host) never sees half a file
+    atomic_write_json(path, obj, sort_keys=True)  # a reader (or another host) never sees half a file
 
 
-def _check_plan(out: Path, wanted: dict) -> None:
+def _check_plan(out: Path, wanted: dict, overwrite: bool = False) -> None:
     path = out / PLAN_FILE
     if path.is_file():
         have = json.loads(path.read_text())
         diff = [f"{k}: {have.get(k)!r} there, {wanted[k]!r} now" for k in wanted if have.get(k) != wanted[k]]
-        if diff:
-            raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same "
-                             "settings to resume, or write to a new folder")
-    else:
-        _write_json(path, wanted)
+        if diff and not overwrite:
+            raise OtherSettingsError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the "
+                                    "same settings to resume, pass --overwrite to start over, or write to a new "
+                                    "folder")
+        if not diff:
+            return
+        _remove_outputs(out)
+    _write_json(path, wanted)
+
+
+def _remove_outputs(out: Path) -> None:
+    """What make-data writes into OUT, and nothing else: records/, stats/, plan.json, summary*.json."""
+    for folder in (out / records.RECORDS_DIR, out / STATS_DIR):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for f in [out / PLAN_FILE, *out.glob("summary*.json")]:
+        f.unlink(missing_ok=True)
 
 
 def _tasks(plan: ShardPlan, shards: list[int], source):
@@ -227,10 +247,11 @@ def make_data(cfg: MakeDataConfig) -> dict:
     settings = _settings(cfg, source)
     plan = ShardPlan(len(source), cfg.epochs, cfg.shard_size)
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, _plan_record(cfg, source, plan, settings), cfg.overwrite)
     folder = out / records.RECORDS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     (out / STATS_DIR).mkdir(exist_ok=True)
-    _check_plan(out, _plan_record(cfg, source, plan, settings))
     store = read_caption_jsonl(cfg.captions) if cfg.captions else None
 
     mine = plan.host_shards(cfg.num_hosts, cfg.host_index)
@@ -261,6 +282,8 @@ def make_data(cfg: MakeDataConfig) -> dict:
         if (folder / name(s)).is_file() and stats.is_file():
             totals.add(Counts.from_json(json.loads(stats.read_text())))
     all_done = all((folder / name(s)).is_file() for s in range(plan.num_shards))
+    # a dataset of 0 pairs is never marked complete: training on it would fail much later, far from the cause
+    all_done = all_done and _dataset_pairs(out, plan, name) > 0
     metadata = str(records.write_tfds_metadata(folder)) if all_done else None
     summary = {
         "out": str(out), "source": source.describe(), "images": plan.num_images, "epochs": plan.epochs,
@@ -271,7 +294,21 @@ def make_data(cfg: MakeDataConfig) -> dict:
     }
     _write_json(_summary_path(out, cfg), summary)
     summary["summary_file"] = str(_summary_path(out, cfg))
+    if totals.written == 0 and mine:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(totals.skipped.items())) or "no pair was written"
+        raise NothingDoneError(f"0 pairs written from {source.describe()}: every image was skipped ({reasons}); "
+                               f"see {summary['summary_file']}")
     return summary
+
+
+def _dataset_pairs(out: Path, plan: ShardPlan, name) -> int:
+    """Pairs in every shard of the dataset (all hosts), from the shards' stats files."""
+    total = 0
+    for s in range(plan.num_shards):
+        stats = out / STATS_DIR / f"{name(s)}.json"
+        if stats.is_file():
+            total += Counts.from_json(json.loads(stats.read_text())).written
+    return total
 
 
 def format_summary(s: dict) -> str:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xpsr_jax.args import add_overwrite, nonnegative_float, nonnegative_int, positive_int
+
 HELP = "metrics (PSNR, SSIM, LPIPS, ...) of super-resolved images against ground truth, with reports"
 
 DESCRIPTION = """\
@@ -29,6 +31,10 @@ examples:
       --model-variant xpsr --setting steps=20 --setting guidance=7.5
   xpsr-jax eval pred/ gt/ --metrics paper --device cuda --embed-images
   xpsr-jax eval pred/ gt/ --colour-space rgb --crop-border 4 --ssim-convention basicsr --strict
+
+existing files: reports already in OUT (results.json, results.md, results.csv, per_image.csv, index.html) are
+refused unless --overwrite (or --append, which adds this dataset to OUT's results.json); OUT may not be PRED,
+GT or LR_DIR or lie inside one of them.
 
 exit status: 0 when the reports were written; 1 when nothing could be evaluated, or with --strict when an
 image was not evaluated or a metric was unavailable; 2 for bad arguments or missing folders.
@@ -57,16 +63,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated metric names or groups (default: %(default)s = psnr,ssim,lpips)")
     p.add_argument("--append", action="store_true",
                    help="add this dataset to the results.json already in OUT (same name: replaced)")
+    add_overwrite(p)
 
     num = p.add_argument_group("how numbers are computed (all recorded in the reports)")
     num.add_argument("--colour-space", choices=("y", "rgb"), default="y",
                      help="PSNR/SSIM on BT.601 luma (default) or on all RGB channels")
-    num.add_argument("--crop-border", type=int, default=0, metavar="N",
+    num.add_argument("--crop-border", type=nonnegative_int, default=0, metavar="N",
                      help="pixels removed from each side before PSNR/SSIM (default: 0)")
     num.add_argument("--ssim-convention", choices=("pyiqa", "basicsr"), default="pyiqa",
                      help="pyiqa: rounded 8-bit levels, clamped contrast term (XPSR's numbers); "
                           "basicsr: unrounded (equals skimage)")
-    num.add_argument("--psnr-eps", type=float, default=0.0, metavar="EPS",
+    num.add_argument("--psnr-eps", type=nonnegative_float, default=0.0, metavar="EPS",
                      help="added to the MSE; 0 gives inf for identical images, pyiqa 0.1.10 uses 1e-8")
     num.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS trunk (default: alex)")
     num.add_argument("--device", default="cpu", help="torch device for the pyiqa metrics (default: cpu)")
@@ -82,9 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     page.add_argument("--no-html", action="store_true", help="skip index.html")
     page.add_argument("--embed-images", action="store_true",
                       help="put the crops into index.html as base64 (one movable file)")
-    page.add_argument("--html-max", type=int, default=24, metavar="N",
+    page.add_argument("--html-max", type=nonnegative_int, default=24, metavar="N",
                       help="images shown with crops per dataset (default: %(default)s)")
-    page.add_argument("--crop-size", type=int, default=160, metavar="PX",
+    page.add_argument("--crop-size", type=positive_int, default=160, metavar="PX",
                       help="side of the centre crop in HR pixels (default: %(default)s)")
 
     p.add_argument("--strict", action="store_true",
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"xpsr-jax eval: error: {exc}", file=sys.stderr)
         return 2
+    _check_out(args)
     run_info = RunInfo(model_variant=args.model_variant, colour_fix=args.colour_fix, extra=dict(args.setting))
 
     result = evaluate_dataset(args.pred, args.gt, lr_dir=args.lr, name=args.name, config=config, run=run_info,
@@ -143,3 +151,19 @@ def run(args: argparse.Namespace) -> int:
     if args.strict and (result["mismatches"] or result["unavailable"]):
         return 1
     return 0
+
+
+def _check_out(args) -> None:
+    """Before any metric runs: OUT is not an input folder, and earlier reports there are replaced only when asked
+    (--overwrite; --append rewrites results.json with this dataset added)."""
+    from xpsr_jax.errors import OutputExistsError
+    from xpsr_jax.outputs import refuse_existing, refuse_over_inputs
+
+    from .report import PER_IMAGE_CSV, RESULTS_CSV, RESULTS_JSON, RESULTS_MD
+
+    out = Path(args.out)
+    refuse_over_inputs(out, [("PRED", args.pred), ("GT", args.gt), ("--lr", args.lr)], "--out")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a folder")
+    reports = [RESULTS_JSON, RESULTS_MD, RESULTS_CSV, PER_IMAGE_CSV, "index.html"]
+    refuse_existing([out / name for name in reports], args.overwrite or args.append, "--out")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from xpsr_jax.args import add_overwrite, finite_float, int_in, positive_float, positive_int
 
 EXAMPLES = """examples:
   xpsr-jax sr photo.png out/ --weights weights/xpsr                  # -> out/photo.png + out/photo.json
@@ -16,8 +17,14 @@ EXAMPLES = """examples:
 
 prompts, per field, first found: --prompt/--lowlevel-prompt; the --captions store (id = path relative to the
 input folder, no extension); NAME.txt / NAME.lowlevel.txt beside the image; DIR/highlevel_prompt/NAME.txt and
-DIR/lowlevel_prompt_q/NAME.txt for images in DIR/LR/; else empty. Images that fail (unreadable, too large, ...)
-are listed at the end and the exit code is 1; the others are still written.
+DIR/lowlevel_prompt_q/NAME.txt for images in DIR/LR/; else empty. Images that fail (unreadable, too large, a
+prompt file that is not UTF-8, ...) are listed at the end and in OUT/failed.json, and the exit code is 1; the
+others are still written.
+
+existing files: OUT may not be an input folder or lie inside one, and no output may be an input file (refused
+even with --overwrite); outputs that exist already (OUT/NAME.png, OUT/NAME.json, OUT/failed.json) are refused
+before the model loads unless --overwrite is given.
+exit status: 0 when every input was written; 1 when some input failed (or none was found); 2 for bad arguments.
 """
 
 
@@ -29,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="INPUT... OUT", help="image files or folders, then the output folder")
     p.add_argument("--weights", required=True, type=Path, help="Flax checkpoint folder (xpsr-jax convert ... --sd15)")
+    add_overwrite(p)
     g = p.add_argument_group("prompts")
     g.add_argument("--captions", type=Path, help="caption store (JSONL) with highlevel/lowlevel fields")
     g.add_argument("--prompt", help="high-level caption for every image (overrides other sources)")
@@ -38,23 +46,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lowlevel-negative-prompt", default=d.lowlevel_negative_prompt,
                    help="low-level negative (default: %(default)r)")
     s = p.add_argument_group("sampling (defaults: the official test settings)")
-    s.add_argument("--upscale", type=float, default=d.upscale, help="scale factor, any > 0 (default 4)")
-    s.add_argument("--process-size", type=int, default=d.process_size, help="short side raised to this (512)")
-    s.add_argument("--steps", type=int, default=d.steps)
+    s.add_argument("--upscale", type=positive_float, default=d.upscale, help="scale factor, any > 0 (default 4)")
+    s.add_argument("--process-size", type=positive_int, default=d.process_size, help="short side raised to this (512)")
+    s.add_argument("--steps", type=int_in(1, 1000), default=d.steps)
     s.add_argument("--sampler", default=d.sampler, choices=("ddpm", "ddim", "dpmsolver++"))
-    s.add_argument("--guidance", type=float, default=d.guidance_scale, help="CFG scale (4.5)")
-    s.add_argument("--conditioning-scale", type=float, default=d.conditioning_scale)
-    s.add_argument("--added-noise-level", type=int, default=d.added_noise_level, help="second noising step (800)")
+    s.add_argument("--guidance", type=finite_float, default=d.guidance_scale, help="CFG scale (4.5)")
+    s.add_argument("--conditioning-scale", type=finite_float, default=d.conditioning_scale)
+    s.add_argument("--added-noise-level", type=int_in(0, 999), default=d.added_noise_level,
+                   help="second noising step (800)")
     s.add_argument("--color-fix", default=d.color_fix, choices=("adain", "wavelet", "none"))
     s.add_argument("--seed", type=int, default=d.seed, help="same seed + same image name = same output (0)")
     s.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"), help="UNet/ControlNet compute")
     r = p.add_argument_group("resources")
-    r.add_argument("--batch-size", type=int, default=d.batch_size, help="images per device per call, at most")
-    r.add_argument("--memory-budget-gb", type=float, help="device memory to plan tiles for (default: 80%% of it)")
-    r.add_argument("--max-latent-tile", type=int, default=d.max_latent_tile,
+    r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per device per call, at most")
+    r.add_argument("--memory-budget-gb", type=positive_float,
+                   help="device memory to plan tiles for (default: 80%% of it)")
+    r.add_argument("--max-latent-tile", type=positive_int, default=d.max_latent_tile,
                    help="tile the denoiser above this latent side (320 = 2560 px, the official threshold)")
-    r.add_argument("--max-vae-tile", type=int, help="cap on the VAE tile side in latent pixels")
-    r.add_argument("--max-input-pixels", type=int, default=d.max_input_pixels,
+    r.add_argument("--max-vae-tile", type=positive_int, help="cap on the VAE tile side in latent pixels")
+    r.add_argument("--max-input-pixels", type=positive_int, default=d.max_input_pixels,
                    help="refuse larger inputs before decoding (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -73,25 +83,67 @@ def _settings(args):
 
 
 def run(args) -> int:
+    from xpsr_jax.errors import NothingDoneError, UsageError
+    from xpsr_jax.files import atomic_write_json
+    from xpsr_jax.infer.inputs import discover
+    from xpsr_jax.outputs import require_file, require_folder, writable_folder
+
     if len(args.paths) < 2:
-        print("xpsr-jax sr: give at least one INPUT and the OUT folder", file=sys.stderr)
-        return 2
+        raise UsageError("give at least one INPUT and the OUT folder")
     *inputs, out = args.paths
     out = Path(out)
-    from xpsr_jax.infer.runner import SRRunner
+    settings = _settings(args)
+    # everything a user can get wrong is checked before the model loads
+    require_folder(args.weights, "--weights")
+    from xpsr_jax.weights.checkpoint import read_meta
+
+    read_meta(args.weights)
+    require_file(args.captions, "--captions")
+    items, problems = discover(inputs)
+    _check_outputs(inputs, items, out, args.overwrite)
+    writable_folder(out)
+    failed_json = out / "failed.json"
 
     t0 = time.time()
-    settings = _settings(args)
-    runner = SRRunner.create(args.weights, settings, captions=args.captions, prompt=args.prompt,
-                             lowlevel_prompt=args.lowlevel_prompt)
-    report = runner.run(inputs, out)
-    print(f"wrote {report.written} image(s) to {out} in {time.time() - t0:.1f} s")
-    if report.no_prompt:
-        print(f"{report.no_prompt} image(s) had no prompts and ran with empty ones (caption = only the added prompt)")
-    if report.failed:
-        print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
-        for path, why in report.failed:
+    if items:
+        from xpsr_jax.infer.runner import SRRunner
+
+        runner = SRRunner.create(args.weights, settings, captions=args.captions, prompt=args.prompt,
+                                 lowlevel_prompt=args.lowlevel_prompt)
+        report = runner.run_items(items, problems, out)
+        written, no_prompt, failed = report.written, report.no_prompt, report.failed
+    else:
+        written, no_prompt, failed = 0, 0, problems
+    print(f"wrote {written} image(s) to {out} in {time.time() - t0:.1f} s")
+    if no_prompt:
+        print(f"{no_prompt} image(s) had no prompts and ran with empty ones (caption = only the added prompt)")
+    if failed:
+        print(f"{len(failed)} input(s) failed:", file=sys.stderr)
+        for path, why in failed:
             print(f"  {path}: {why}", file=sys.stderr)
-        (out / "failed.json").write_text(json.dumps([{"path": p, "error": w} for p, w in report.failed], indent=2))
+        atomic_write_json(failed_json, [{"path": p, "error": w} for p, w in failed])
+        if not written:
+            raise NothingDoneError(f"no image was written; the failures are listed in {failed_json}")
         return 1
+    if failed_json.exists():  # from an earlier run (replaced only with --overwrite): no longer true
+        failed_json.unlink()
     return 0
+
+
+def _check_outputs(inputs: list[str], items, out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that is (or lies inside) an input folder, outputs that would replace an input file (always),
+    and outputs that exist already (unless ``overwrite``)."""
+    from xpsr_jax.errors import OutputExistsError, UsageError
+    from xpsr_jax.infer.runner import output_paths
+    from xpsr_jax.outputs import refuse_existing, refuse_over_inputs
+
+    refuse_over_inputs(out, [("INPUT", p) for p in inputs if Path(p).is_dir()])
+    if out.exists() and not out.is_dir():
+        what = "an input" if any(Path(p).resolve() == out.resolve() for p in inputs) else "a file"
+        raise OutputExistsError(f"OUT {out} is {what}, not a folder")
+    sources = {item.path.resolve(): item.path for item in items}
+    targets = [p for item in items for p in output_paths(item, out)]
+    for t in targets:
+        if t.resolve() in sources:
+            raise UsageError(f"OUT {out}: the output {t} would replace the input {sources[t.resolve()]}")
+    refuse_existing(targets + [out / "failed.json"], overwrite, "OUT")

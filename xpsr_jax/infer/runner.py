@@ -6,13 +6,13 @@
 
 Images are scheduled from their file headers (so a folder is never decoded all at once), decoded when their batch
 runs, and written as soon as it finishes: ``OUT/<name>.png`` plus ``OUT/<name>.json`` with the settings, sizes,
-prompts, tiles and timings. A bad input (unreadable, corrupt, too large) is recorded and skipped; so is a batch
-whose computation raises, so one failure never stops the rest.
+prompts, tiles and timings. A bad input (unreadable, corrupt, too large, a prompt file that is not UTF-8) is
+recorded and skipped; so is a batch whose computation raises, so one failure never stops the rest. Both files
+appear atomically (a killed run leaves no half image), and the sidecar is strict JSON.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 from xpsr_jax.data.images import ImageDecodeError
+from xpsr_jax.errors import InputNotFoundError, TextDecodeError
+from xpsr_jax.files import NonFiniteJSONError, atomic_open, atomic_write_text, strict_json_dumps
 from xpsr_jax.infer.inputs import InputImage, PromptFinder, discover
 from xpsr_jax.infer.pipeline import SRPipeline, SRResult
 from xpsr_jax.infer.preprocess import image_size, read_lr_image
@@ -48,16 +50,21 @@ class SRRunner:
             from xpsr_jax.captions.store import CaptionStore
 
             if not Path(captions).is_file():
-                raise FileNotFoundError(f"caption store not found: {captions}")
+                raise InputNotFoundError(f"--captions {captions}: no such caption store")
             store = CaptionStore.open(captions)
         return cls(SRPipeline.from_pretrained(weights, settings), PromptFinder(prompt, lowlevel_prompt, store))
 
     def run(self, inputs: Sequence[str | Path], out: str | Path, progress: bool = True) -> RunReport:
+        items, problems = discover(inputs)
+        return self.run_items(items, problems, out, progress)
+
+    def run_items(self, items: list[InputImage], problems: list[tuple[str, str]], out: str | Path,
+                  progress: bool = True) -> RunReport:
+        """Super-resolve ``items`` (from :func:`discover`, whose ``problems`` are reported as failures)."""
         from tqdm import tqdm
 
         out = Path(out)
         report = RunReport()
-        items, problems = discover(inputs)
         report.failed.extend(problems)
         pipe, s = self.pipeline, self.pipeline.settings
         planned, plans = [], []
@@ -101,8 +108,10 @@ class SRRunner:
 
     def _run_members(self, members, batch, scheduled_latent, report: RunReport, out: Path) -> None:
         pipe = self.pipeline
+        members, prompts = self._with_prompts(members, report)
+        if not members:
+            return
         items = [m[0] for m in members]
-        prompts = [self.prompts.find(i) for i in items]
         latent = members[0][3].latent
         same = latent == scheduled_latent and len(members) == len(batch.indices)
         sharded = batch.sharded and same
@@ -117,18 +126,38 @@ class SRRunner:
         for (item, _, notes, _), res in zip(members, results):
             try:
                 self._write(out, item, notes, res)
-            except OSError as e:
+            except (OSError, NonFiniteJSONError) as e:
                 report.failed.append((str(item.path), f"cannot write output: {e}"))
                 continue
             report.written += 1
             report.no_prompt += int(res.prompt.empty)
-            report.outputs.append(out / item.out_rel.with_suffix(".png"))
+            report.outputs.append(output_paths(item, out)[0])
+
+    def _with_prompts(self, members, report: RunReport):
+        """Members whose prompts could be read, and their prompts; the others are reported as failed."""
+        kept, prompts = [], []
+        for m in members:
+            try:
+                prompts.append(self.prompts.find(m[0]))
+                kept.append(m)
+            except TextDecodeError as e:
+                report.failed.append((str(m[0].path), str(e)))
+        return kept, prompts
 
     def _write(self, out: Path, item: InputImage, notes, res: SRResult) -> None:
-        png = out / item.out_rel.with_suffix(".png")
-        png.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(res.image, np.uint8), "RGB").save(png)
+        png, sidecar = output_paths(item, out)
         meta = {"input": str(item.path), "conversions": list(notes), **res.sidecar(self.pipeline.settings)}
         if res.prompt.empty:
             meta["note"] = "no prompts found: ran with empty high- and low-level prompts"
-        png.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        text = strict_json_dumps(meta) + "\n"  # before any file is written: a NaN leaves no image without sidecar
+        png.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(png, "wb") as f:
+            Image.fromarray(np.asarray(res.image, np.uint8), "RGB").save(f, format="PNG")
+        atomic_write_text(sidecar, text)
+
+
+def output_paths(item: InputImage, out: str | Path) -> tuple[Path, Path]:
+    """(PNG, JSON sidecar) that ``item`` is written to under ``out``. The suffixes are appended, not swapped in:
+    ``photo.v1`` and ``photo.v2`` must not both become ``photo.png``."""
+    base = Path(out) / item.out_rel
+    return base.with_name(base.name + ".png"), base.with_name(base.name + ".json")

@@ -13,6 +13,7 @@ script, each a choice a user can undo:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 from xpsr_jax.errors import UsageError
 
@@ -78,6 +79,9 @@ class SRSettings:
         def bad(name: str, why: str):
             raise SettingsError(f"setting {name}={getattr(self, name)!r}: {why}")
 
+        for name in ("upscale", "guidance_scale", "conditioning_scale", "eta"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                bad(name, "must be a finite number")
         if not self.upscale > 0:
             bad("upscale", "must be > 0")
         if self.process_size < 8:

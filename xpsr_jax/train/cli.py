@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xpsr_jax.args import add_overwrite, nonnegative_int
 from xpsr_jax.paths import check_local, local_path
 
 TRAIN_DESCRIPTION = """\
@@ -47,9 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("workdir", type=local_path)
     e.add_argument("out", type=local_path)
-    e.add_argument("--step", type=int)
+    e.add_argument("--step", type=nonnegative_int)
     e.add_argument("--torch", type=local_path, help="also write OUT/{unet,controlnet} for PyTorch")
-    e.add_argument("--overwrite", action="store_true")
+    add_overwrite(e)
     e.set_defaults(func=run_export)
 
 
@@ -105,8 +106,41 @@ def initialize_distributed(args) -> None:
         jax.distributed.initialize()
 
 
+def check_config(config) -> None:
+    """What a run needs, checked before any setup (distributed init, model building, compiling): positive step
+    and batch counts, an existing ``init_from`` checkpoint, and a ``data.path`` that is a finished make-data
+    output holding at least one pair. Raises UsageError naming the key and the value."""
+    from xpsr_jax.errors import UsageError
+
+    for key in ("num_train_steps", "global_batch_size"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise UsageError(f"config.{key}={value!r}: must be a positive integer")
+    if config.init_from and not (Path(config.init_from) / "xpsr.json").is_file():
+        raise UsageError(f"config.init_from={config.init_from!r}: not a Flax checkpoint folder (no xpsr.json; "
+                         "write one with xpsr-jax convert)")
+    if config.data.source == "records":
+        _check_records(config.data.path)
+
+
+def _check_records(path: str) -> None:
+    from xpsr_jax.data import records
+    from xpsr_jax.errors import UsageError
+
+    where = f"config.data.path={path!r}"
+    if not path:
+        raise UsageError(f"{where}: give the make-data output to train on (or config.data.source='synthetic')")
+    if not Path(path).exists():
+        raise UsageError(f"{where}: no such folder")
+    try:
+        shards = records.list_shards(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{where}: not a finished make-data output ({e})") from None
+    if sum(records.count_records(s) for s in shards) == 0:
+        raise UsageError(f"{where}: the make-data output holds 0 pairs (every image was skipped?)")
+
+
 def run(args) -> int:
-    initialize_distributed(args)
     config = load_config(args.config, getattr(args, "config_overrides", []))
     try:
         for key, value in (("data.path", config.data.path), ("init_from", config.init_from)):
@@ -114,6 +148,8 @@ def run(args) -> int:
                 check_local(value, f"config.{key}")
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    check_config(config)  # before the other hosts are joined: a bad path fails in seconds, on every host
+    initialize_distributed(args)
     from xpsr_jax.train.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, args.workdir)
@@ -122,7 +158,16 @@ def run(args) -> int:
 
 
 def run_export(args) -> int:
+    from xpsr_jax.outputs import refuse_existing, refuse_over_inputs, require_folder
     from xpsr_jax.train.export import export_run
+
+    require_folder(args.workdir, "WORKDIR")
+    refuse_over_inputs(args.out, [("WORKDIR", args.workdir)], "OUT", replaces_folder=True)
+    refuse_existing([args.out], args.overwrite, "OUT")
+    if args.torch:
+        refuse_over_inputs(args.torch, [("WORKDIR", args.workdir), ("OUT", args.out)], "--torch",
+                           replaces_folder=True)
+        refuse_existing([args.torch / "unet", args.torch / "controlnet"], args.overwrite, "--torch")
 
     out = export_run(args.workdir, args.out, args.step, overwrite=args.overwrite)
     print(f"wrote {out}")

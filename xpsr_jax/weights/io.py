@@ -113,7 +113,9 @@ def read_config(folder: str | os.PathLike) -> dict:
 def write_config(config: Mapping, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    from xpsr_jax.files import atomic_write_json
+
+    atomic_write_json(folder / "config.json", dict(config), sort_keys=True)
 
 
 def resolve_model_source(src: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> Path:

@@ -1,0 +1,421 @@
+"""Bad inputs, one table: every subcommand on the mistakes a user makes ends with its documented exit code and a
+message naming the input, and leaves every file that existed before the call byte-identical (inputs, earlier
+outputs, the weights).
+
+Each row: (id, argv with ``{tmp}`` / ``{ckpt}`` placeholders, a setup function that creates the inputs in the
+test's folder, the exit code, a regex the stderr must match, and optionally a check of what the call wrote).
+Rows run in this process through ``xpsr_jax.cli.main``; the ones that need weights use one tiny random checkpoint
+written once, and every row fails before anything compiles. Grow the table whenever a new case is found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xpsr_jax.cli import main
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def _png(path: Path, size: int = 16, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def photos(t: Path) -> None:
+    _png(t / "photos" / "a.png")
+
+
+def photos_and_out_file(t: Path) -> None:
+    photos(t)
+    (t / "out.png").write_bytes(b"an earlier result")
+
+
+def photos_and_earlier_result(t: Path) -> None:
+    photos(t)
+    (t / "out").mkdir()
+    (t / "out" / "a.png").write_bytes(b"an earlier result")
+
+
+def corrupt_photo(t: Path) -> None:
+    (t / "photos").mkdir()
+    (t / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+
+
+def photo_with_latin1_prompt(t: Path) -> None:
+    photos(t)
+    (t / "photos" / "a.txt").write_bytes("a caf\xe9 at night\n".encode("latin-1"))
+
+
+def not_a_checkpoint(t: Path) -> None:
+    photos(t)
+    (t / "weights").mkdir()
+    (t / "weights" / "notes.txt").write_text("not weights")
+
+
+def nothing(t: Path) -> None:
+    pass
+
+
+def torch_ckpt_without_configs(t: Path) -> None:
+    for sub in ("unet", "controlnet"):
+        (t / "ckpt" / sub).mkdir(parents=True)
+    (t / "ckpt" / "controlnet" / "notes.txt").write_text("no config.json here")
+
+
+def torch_ckpt_and_existing_out(t: Path) -> None:
+    torch_ckpt_without_configs(t)
+    (t / "flax").mkdir()
+    (t / "flax" / "xpsr.json").write_text("{}")
+
+
+def sd15_folder(t: Path) -> None:
+    (t / "sd15" / "unet").mkdir(parents=True)
+    (t / "sd15" / "unet" / "config.json").write_text("{}")
+
+
+def sd15_and_existing_out(t: Path) -> None:
+    sd15_folder(t)
+    (t / "xpsr").mkdir()
+    (t / "xpsr" / "xpsr.json").write_text("{\"earlier\": true}")
+
+
+def exported_before(t: Path) -> None:
+    (t / "torch" / "unet").mkdir(parents=True)
+    (t / "torch" / "unet" / "config.json").write_text("{\"earlier\": true}")
+
+
+def corrupt_hr_images(t: Path) -> None:
+    (t / "hr").mkdir()
+    for k in range(2):
+        (t / "hr" / f"{k}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated" * (k + 1))
+
+
+def hr_and_other_plan(t: Path) -> None:
+    _png(t / "hr" / "a.png", 64)
+    (t / "pairs").mkdir()
+    (t / "pairs" / "plan.json").write_text(json.dumps({"epochs": 7, "seed": 3}))
+
+
+def hr_file(t: Path) -> None:
+    _png(t / "hr.png")
+
+
+def hr_folder(t: Path) -> None:
+    _png(t / "hr" / "a.png", 64)
+
+
+def empty_images(t: Path) -> None:
+    (t / "imgs").mkdir()
+
+
+def official_prompts_latin1(t: Path) -> None:
+    (t / "set" / "highlevel_prompt").mkdir(parents=True)
+    (t / "set" / "highlevel_prompt" / "0001.txt").write_bytes("a caf\xe9\n".encode("latin-1"))
+
+
+def store_and_official_prompts(t: Path) -> None:
+    (t / "set" / "highlevel_prompt").mkdir(parents=True)
+    (t / "set" / "highlevel_prompt" / "0001.txt").write_text("a red car\n")
+    (t / "c.jsonl").write_text(json.dumps({"id": "0001", "highlevel": "a blue bus"}) + "\n")
+
+
+def sidecar_folder_without_text(t: Path) -> None:
+    _png(t / "side" / "a.png")
+
+
+def pred_and_gt(t: Path) -> None:
+    _png(t / "pred" / "a.png")
+    _png(t / "gt" / "a.png")
+
+
+def pred_gt_and_report(t: Path) -> None:
+    pred_and_gt(t)
+    (t / "report").mkdir()
+    (t / "report" / "results.json").write_text("{\"earlier\": true}\n")
+
+
+def empty_records(t: Path) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from xpsr_jax.data import records
+
+    folder = t / "pairs" / records.RECORDS_DIR
+    folder.mkdir(parents=True)
+    ArrayRecordWriter(str(folder / records.shard_name(0, 1)), records.WRITER_OPTIONS).close()
+
+
+def empty_folder(t: Path) -> None:
+    (t / "pairs").mkdir()
+
+
+def run_folder_and_out(t: Path) -> None:
+    (t / "run").mkdir()
+    (t / "exported").mkdir()
+    (t / "exported" / "xpsr.json").write_text("{}")
+
+
+# ------------------------------------------------------------------------------------------------- checks
+
+
+def failed_json_lists(name: str):
+    def check(t: Path) -> None:
+        failed = json.loads((t / "out" / "failed.json").read_text())
+        assert any(name in f["path"] for f in failed), failed
+
+    return check
+
+
+def not_marked_complete(t: Path) -> None:
+    assert not list((t / "pairs").rglob("dataset_info.json"))
+    assert json.loads((t / "pairs" / "summary.json").read_text())["dataset_complete"] is False
+
+
+SR = ["sr", "{tmp}/photos/a.png", "{tmp}/out", "--weights", "{ckpt}", "--process-size", "64"]
+TINY_RECORDS = ["train", "--config", "tiny", "--workdir", "{tmp}/run", "--config.data.source=records"]
+
+ROWS = [
+    # --- sr: outputs never over inputs, existing results only with --overwrite, numbers checked by argparse
+    ("sr-out-is-input-folder", ["sr", "{tmp}/photos", "{tmp}/photos", "--weights", "{ckpt}", "--overwrite"],
+     photos, 2, r"sr: error: OUT .*photos is the input INPUT"),
+    ("sr-out-inside-input", ["sr", "{tmp}/photos", "{tmp}/photos/sr", "--weights", "{ckpt}"],
+     photos, 2, r"OUT .*photos/sr lies inside the input INPUT"),
+    ("sr-out-over-input-file", ["sr", "{tmp}/photos/a.png", "{tmp}/photos", "--weights", "{ckpt}", "--overwrite"],
+     photos, 2, r"the output .*photos/a.png would replace the input"),
+    ("sr-out-is-input-file", ["sr", "{tmp}/photos/a.png", "{tmp}/photos/a.png", "--weights", "{ckpt}"],
+     photos, 2, r"OUT .*a.png is an input, not a folder"),
+    ("sr-out-is-a-file", ["sr", "{tmp}/photos/a.png", "{tmp}/out.png", "--weights", "{ckpt}"],
+     photos_and_out_file, 2, r"OUT .*out.png is a file, not a folder"),
+    ("sr-existing-output", SR, photos_and_earlier_result, 2, r"out/a.png already exists; pass --overwrite"),
+    ("sr-guidance-nan", SR + ["--guidance", "nan"], photos, 2, r"argument --guidance: 'nan' is not a finite"),
+    ("sr-guidance-inf", SR + ["--guidance", "inf"], photos, 2, r"argument --guidance: 'inf' is not a finite"),
+    ("sr-steps-zero", SR + ["--steps", "0"], photos, 2, r"argument --steps: '0' must be in \[1, 1000\]"),
+    ("sr-upscale-negative", SR + ["--upscale", "-2"], photos, 2, r"argument --upscale: '-2' must be a number > 0"),
+    ("sr-batch-zero", SR + ["--batch-size", "0"], photos, 2, r"argument --batch-size: '0' must be a positive"),
+    ("sr-noise-level", SR + ["--added-noise-level", "1000"], photos, 2, r"--added-noise-level: '1000' must be in"),
+    ("sr-budget-nan", SR + ["--memory-budget-gb", "nan"], photos, 2, r"--memory-budget-gb: 'nan' is not a finite"),
+    ("sr-weights-missing", ["sr", "{tmp}/photos/a.png", "{tmp}/out", "--weights", "{tmp}/nosuch"],
+     photos, 2, r"sr: error: --weights .*nosuch: no such folder"),
+    ("sr-weights-not-a-checkpoint", ["sr", "{tmp}/photos/a.png", "{tmp}/out", "--weights", "{tmp}/weights"],
+     not_a_checkpoint, 1, r"weights is not an xpsr-jax Flax checkpoint: no xpsr.json"),
+    ("sr-captions-missing", SR + ["--captions", "{tmp}/nosuch.jsonl"], photos, 2,
+     r"--captions .*nosuch.jsonl: no such file"),
+    ("sr-missing-input", ["sr", "{tmp}/nosuch.png", "{tmp}/out", "--weights", "{ckpt}"],
+     nothing, 1, r"nosuch.png: no such file or folder[\s\S]*no image was written", failed_json_lists("nosuch")),
+    ("sr-only-input-corrupt", ["sr", "{tmp}/photos", "{tmp}/out", "--weights", "{ckpt}"],
+     corrupt_photo, 1, r"broken.png: cannot read image header[\s\S]*no image was written",
+     failed_json_lists("broken.png")),
+    ("sr-prompt-not-utf8", ["sr", "{tmp}/photos", "{tmp}/out", "--weights", "{ckpt}", "--process-size", "64"],
+     photo_with_latin1_prompt, 1, r"prompt file .*a.txt is not UTF-8", failed_json_lists("a.png")),
+    ("sr-no-output-folder", ["sr", "{tmp}/photos", "--weights", "{ckpt}"], photos, 2,
+     r"give at least one INPUT and the OUT folder"),
+    # --- convert
+    ("from-torch-no-config", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
+     torch_ckpt_without_configs, 1, r"convert from-torch: error: config.json not found in .*ckpt/unet"),
+    ("from-torch-missing", ["convert", "from-torch", "{tmp}/nosuch", "{tmp}/flax"],
+     nothing, 2, r"CKPT .*nosuch: no such folder"),
+    ("from-torch-existing-out", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
+     torch_ckpt_and_existing_out, 2, r"OUT: .*flax already exists; pass --overwrite"),
+    ("from-torch-out-is-input", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/ckpt", "--overwrite"],
+     torch_ckpt_without_configs, 2, r"OUT .*ckpt is the input CKPT"),
+    ("sd15-existing-out", ["convert", "sd15", "{tmp}/sd15", "{tmp}/xpsr"],
+     sd15_and_existing_out, 2, r"convert sd15: error: OUT: .*xpsr already exists; pass --overwrite"),
+    ("sd15-out-is-src", ["convert", "sd15", "{tmp}/sd15", "{tmp}/sd15", "--overwrite"],
+     sd15_folder, 2, r"OUT .*sd15 is the input SRC"),
+    ("sd15-out-holds-src", ["convert", "sd15", "{tmp}/sd15", "{tmp}", "--overwrite"],
+     sd15_folder, 2, r"OUT .* holds the input SRC"),
+    ("sd15-out-inside-src", ["convert", "sd15", "{tmp}/sd15", "{tmp}/sd15/xpsr"],
+     sd15_folder, 2, r"OUT .*sd15/xpsr lies inside the input SRC"),
+    ("to-torch-existing-out", ["convert", "to-torch", "{ckpt}", "{tmp}/torch"],
+     exported_before, 2, r"convert to-torch: error: OUT: .*torch/unet already exists; pass --overwrite"),
+    ("to-torch-not-flax", ["convert", "to-torch", "{tmp}/sd15", "{tmp}/torch"],
+     sd15_folder, 1, r"sd15 is not an xpsr-jax Flax checkpoint"),
+    ("to-torch-out-is-input", ["convert", "to-torch", "{ckpt}", "{ckpt}", "--overwrite"],
+     nothing, 2, r"OUT .* is the input FLAX"),
+    # --- make-data
+    ("make-data-all-corrupt", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--crop-size", "64", "--no-progress"],
+     corrupt_hr_images, 1, r"make-data: error: 0 pairs written .*every image was skipped \(2 corrupt\)",
+     not_marked_complete),
+    ("make-data-out-is-input", ["make-data", "{tmp}/hr", "{tmp}/hr"], hr_folder, 2, r"OUT .*hr is the input HR_DIR"),
+    ("make-data-out-inside-input", ["make-data", "{tmp}/hr", "{tmp}/hr/pairs"], hr_folder, 2,
+     r"OUT .*hr/pairs lies inside the input HR_DIR"),
+    ("make-data-other-settings", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--crop-size", "64"],
+     hr_and_other_plan, 2, r"pairs was made with other settings .*pass --overwrite to start over"),
+    ("make-data-epochs-zero", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--epochs", "0"], hr_folder, 2,
+     r"argument --epochs: '0' must be a positive integer"),
+    ("make-data-crop-negative", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--crop-size", "-64"], hr_folder, 2,
+     r"argument --crop-size: '-64' must be a positive integer"),
+    ("make-data-hr-is-file", ["make-data", "{tmp}/hr.png", "{tmp}/pairs"], hr_file, 2,
+     r"HR_DIR .*hr.png: not a folder"),
+    ("make-data-captions-missing", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--captions", "{tmp}/c.jsonl"],
+     hr_folder, 2, r"--captions .*c.jsonl: no such file"),
+    # --- caption
+    ("caption-no-images", ["caption", "{tmp}/imgs", "{tmp}/c.jsonl"], empty_images, 1,
+     r"caption: error: no images .* under IMAGES .*imgs"),
+    ("caption-out-is-folder", ["caption", "{tmp}/photos", "{tmp}/out"], photos_and_earlier_result, 2,
+     r"OUT .*out is a folder"),
+    ("caption-out-inside-images", ["caption", "{tmp}/photos", "{tmp}/photos/c.jsonl"], photos, 2,
+     r"OUT .*c.jsonl lies inside the input IMAGES"),
+    ("caption-batch-zero", ["caption", "{tmp}/photos", "{tmp}/c.jsonl", "--batch-size", "0"], photos, 2,
+     r"argument --batch-size: '0' must be a positive integer"),
+    ("caption-import-not-utf8", ["caption", "--import-official", "{tmp}/set", "{tmp}/c.jsonl"],
+     official_prompts_latin1, 1, r"prompt file .*0001.txt is not UTF-8"),
+    ("caption-import-replaces", ["caption", "--import-official", "{tmp}/set", "{tmp}/c.jsonl"],
+     store_and_official_prompts, 2, r"c.jsonl already holds records for '0001'; pass --overwrite"),
+    ("caption-import-nothing", ["caption", "--import-sidecar", "{tmp}/side", "{tmp}/c.jsonl"],
+     sidecar_folder_without_text, 1, r"no prompt files .* under .*side; nothing imported"),
+    # --- export-pairs
+    ("export-pairs-missing", ["export-pairs", "{tmp}/nosuch", "{tmp}/png"], nothing, 1,
+     r"export-pairs: error: .*nosuch"),
+    ("export-pairs-empty", ["export-pairs", "{tmp}/pairs", "{tmp}/png"], empty_records, 1,
+     r"pairs holds no pairs; nothing to export"),
+    ("export-pairs-out-is-input", ["export-pairs", "{tmp}/pairs", "{tmp}/pairs"], empty_records, 2,
+     r"OUT .*pairs/LR lies inside the input RECORDS"),
+    # --- eval
+    ("eval-out-is-pred", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/pred"], pred_and_gt, 2,
+     r"eval: error: --out .*pred is the input PRED"),
+    ("eval-existing-report", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/report"], pred_gt_and_report, 2,
+     r"--out: .*results.json already exists; pass --overwrite"),
+    ("eval-crop-border-negative", ["eval", "{tmp}/pred", "{tmp}/gt", "--crop-border", "-1"], pred_and_gt, 2,
+     r"argument --crop-border: '-1' must be an integer >= 0"),
+    ("eval-psnr-eps-nan", ["eval", "{tmp}/pred", "{tmp}/gt", "--psnr-eps", "nan"], pred_and_gt, 2,
+     r"argument --psnr-eps: 'nan' is not a finite number"),
+    ("eval-pred-missing", ["eval", "{tmp}/nosuch", "{tmp}/gt"], pred_and_gt, 2, r"PRED is not a folder: .*nosuch"),
+    # --- train and export
+    ("train-data-missing", TINY_RECORDS + ["--config.data.path={tmp}/nosuch"], nothing, 2,
+     r"train: error: config.data.path='.*nosuch': no such folder"),
+    ("train-data-not-made", TINY_RECORDS + ["--config.data.path={tmp}/pairs"], empty_folder, 2,
+     r"config.data.path='.*pairs': not a finished make-data output"),
+    ("train-data-zero-pairs", TINY_RECORDS + ["--config.data.path={tmp}/pairs"], empty_records, 2,
+     r"config.data.path='.*pairs': the make-data output holds 0 pairs"),
+    ("train-no-steps", ["train", "--config", "tiny", "--workdir", "{tmp}/run", "--config.num_train_steps=0"],
+     nothing, 2, r"config.num_train_steps=0: must be a positive integer"),
+    ("train-init-from-missing", ["train", "--config", "tiny", "--workdir", "{tmp}/run",
+                                 "--config.init_from={tmp}/nosuch"], nothing, 2,
+     r"config.init_from='.*nosuch': not a Flax checkpoint folder"),
+    ("export-workdir-missing", ["export", "{tmp}/nosuch", "{tmp}/exported"], nothing, 2,
+     r"export: error: WORKDIR .*nosuch: no such folder"),
+    ("export-existing-out", ["export", "{tmp}/run", "{tmp}/exported"], run_folder_and_out, 2,
+     r"OUT: .*exported already exists; pass --overwrite"),
+]
+
+
+# ------------------------------------------------------------------------------------------------- harness
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from xpsr_jax.infer.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
+
+
+def _hashes(*roots: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _call(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse errors
+        return e.code
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input(row, tmp_path, ckpt, capsys):
+    _, argv, setup, code, pattern, *check = row
+    setup(tmp_path)
+    argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
+    before = _hashes(tmp_path, ckpt)
+    assert _call(argv) == code
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err
+    after = _hashes(tmp_path, ckpt)
+    changed = [str(p) for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"files that existed before were changed or removed: {changed}"
+    for c in check:
+        c(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- the rest
+
+
+def test_one_line_without_traceback_and_with_it_on_request(tmp_path):
+    """A user's error is one line on stderr; XPSR_JAX_TRACEBACK=1 shows the traceback."""
+    for sub in ("unet", "controlnet"):
+        (tmp_path / "ckpt" / sub).mkdir(parents=True)
+    argv = ["convert", "from-torch", str(tmp_path / "ckpt"), str(tmp_path / "out")]
+    env = dict(os.environ, XPSR_JAX_TRACEBACK="0")
+    proc = subprocess.run([sys.executable, "-m", "xpsr_jax.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("xpsr-jax convert from-torch: error: config.json not found in ") and "ckpt" in line
+    with pytest.raises(Exception, match="config.json not found") as e:
+        main(["--traceback", *argv])
+    assert type(e.value).__name__ == "WeightFileError"
+
+
+def test_sr_output_names_keep_dotted_stems(tmp_path):
+    """photo.v1.png and photo.v2.png are two outputs, not one overwritten by the other."""
+    from xpsr_jax.infer.inputs import discover
+    from xpsr_jax.infer.runner import output_paths
+
+    for name in ("photo.v1.png", "photo.v2.png"):
+        _png(tmp_path / "in" / name)
+    items, problems = discover([tmp_path / "in"])
+    assert not problems
+    outs = sorted(p.name for item in items for p in output_paths(item, tmp_path / "out"))
+    assert outs == ["photo.v1.json", "photo.v1.png", "photo.v2.json", "photo.v2.png"]
+
+
+def test_atomic_json_refuses_nan_naming_the_key_and_keeps_the_old_file(tmp_path):
+    from xpsr_jax.files import NonFiniteJSONError, atomic_write_json
+
+    path = tmp_path / "report.json"
+    atomic_write_json(path, {"ok": 1})
+    with pytest.raises(NonFiniteJSONError, match=r"settings.guidance_scale is nan"):
+        atomic_write_json(path, {"settings": {"guidance_scale": float("nan")}})
+    with pytest.raises(NonFiniteJSONError, match=r"rows\[1\].psnr is inf"):
+        atomic_write_json(path, {"rows": [{"psnr": 1.0}, {"psnr": float("inf")}]})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
+
+
+def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from xpsr_jax.files import atomic_open
+
+    path = tmp_path / "image.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "wb") as f:
+            f.write(b"half a new ")
+            raise RuntimeError("killed")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
+
+
+def test_caption_store_drops_a_torn_last_line_on_resume(tmp_path):
+    """An append-only store is safe as it is: a line cut short by a crash is dropped when the store is reopened,
+    and the next record starts on a line of its own."""
+    from xpsr_jax.captions.store import CaptionStore, read_records
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "a", "highlevel": "a cat"}) + "\n" + '{"id": "b", "highlev')
+    with CaptionStore.open(path) as store:
+        assert "a" in store and "b" not in store
+        store.add({"id": "c", "highlevel": "a dog"})
+    assert [r["id"] for r in read_records(path)] == ["a", "c"]
