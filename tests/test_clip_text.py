@@ -14,13 +14,10 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as hf_logging
 
-from xpsr_jax.models.clip_text import (
+from xpsr_jax.models.clip_text import SD15_TEXT_CONFIG, ClipTextConfig, ClipTextModel, init_shapes
+from xpsr_jax.weights.clip_text import (
     CLIP_TEXT_KEYMAP,
-    SD15_TEXT_CONFIG,
-    ClipTextConfig,
-    ClipTextModel,
     export_clip_text,
-    init_shapes,
     load_clip_text,
     params_from_state_dict,
     save_clip_text,

@@ -48,7 +48,7 @@ def test_convert_sd15_then_to_torch(sd15_folder, tmp_path):
                           stock["down_blocks.1.attentions.0.proj_in.weight"])
 
     vae_sd = state_dict_np(AutoencoderKL.from_pretrained(sd15_folder / "vae"))
-    from xpsr_jax.models.vae_weights import vae_to_torch_state_dict
+    from xpsr_jax.weights.vae import vae_to_torch_state_dict
 
     back = vae_to_torch_state_dict(params["vae"])
     assert set(back) == set(vae_sd) and all(np.array_equal(back[k], vae_sd[k]) for k in vae_sd)

@@ -8,9 +8,10 @@ import torch
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 
 from xpsr_jax.models.vae import (
-    SD15, AutoencoderKL, DiagonalGaussian, VAEConfig, abstract_params, decode, encode, encode_distribution,
+    SD15, AutoencoderKL, DiagonalGaussian, ParamsMismatchError, VAEConfig, abstract_params, decode, encode,
+    encode_distribution,
 )
-from xpsr_jax.models.vae_weights import (
+from xpsr_jax.weights.vae import (
     VAE_KEYMAP, load_vae, save_vae, vae_to_torch_state_dict, vae_torch_to_flax,
 )
 from xpsr_jax.weights import io
@@ -220,6 +221,15 @@ def test_corrupt_file_is_named(tmp_path, state_dict, config):
 
 
 def test_params_of_another_config_are_rejected(params):
-    # The default config is SD1.5; the tiny parameters must not run (or fail obscurely) under it.
-    with pytest.raises(WeightMismatchError, match="shape mismatch"):
+    # The default config is SD1.5; the tiny parameters must not run (or fail obscurely) under it. The model
+    # knows Flax paths, not checkpoint keys.
+    with pytest.raises(ParamsMismatchError, match=r"shape mismatch: .*'decoder/conv_in/kernel' has \(3, 3, 4, 64\), "
+                                                  r"the config needs \(3, 3, 4, 512\)"):
         encode(params, np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_missing_parameter_is_named_by_its_flax_path(params, config):
+    encoder = {k: v for k, v in params["encoder"].items() if k != "conv_in"}
+    with pytest.raises(ParamsMismatchError, match=r"missing parameters: 'encoder/conv_in/bias', "
+                                                  r"'encoder/conv_in/kernel'"):
+        decode({**params, "encoder": encoder}, np.zeros((1, 4, 4, 4), np.float32), config)

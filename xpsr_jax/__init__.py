@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy, so `import xpsr_jax` (and the CLI's --help) stays fast and does not start JAX.
     if name == "XPSRDenoiser":
-        from xpsr_jax.models.denoiser import XPSRDenoiser
+        from xpsr_jax.infer.denoiser import XPSRDenoiser
 
         return XPSRDenoiser
     raise AttributeError(name)

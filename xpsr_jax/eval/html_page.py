@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .report import flat_settings, format_value, metric_columns, metric_header, per_image_rows, summary_rows
+from .tables import flat_settings, format_value, metric_columns, metric_header, per_image_rows, summary_rows
 
 PAGE = "index.html"
 CROPS = "crops"

@@ -13,6 +13,8 @@ Files written into the output folder:
 * ``results.csv`` - one row per dataset: counts, metric means, flattened settings;
 * ``per_image.csv`` - one row per evaluated image of every dataset;
 * ``index.html`` - see :mod:`xpsr_jax.eval.html_page`.
+
+The table cells both formats share come from :mod:`xpsr_jax.eval.tables`.
 """
 
 from __future__ import annotations
@@ -21,57 +23,16 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .evaluate import FORMAT, METRICS
+from .html_page import write_html
+from .tables import flat_settings, format_value, metric_columns, per_image_rows, summary_rows
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 PER_IMAGE_CSV = "per_image.csv"
-
-
-# ---------------------------------------------------------------------------------------------- values
-
-
-def format_value(value: Any, digits: int = 4) -> str:
-    """A metric value for tables: fixed decimals, ``inf`` for infinity, ``n/a`` for missing."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def metric_header(name: str, arrows: bool = True) -> str:
-    label, lower_better = METRICS.get(name, (name.upper(), False))
-    return f"{label} {'↓' if lower_better else '↑'}" if arrows else label
-
-
-def metric_columns(datasets: Iterable[dict]) -> list[str]:
-    """Metrics requested in any dataset, in the fixed report order."""
-    wanted = {m for d in datasets for m in d.get("metrics", [])}
-    return [m for m in METRICS if m in wanted]
-
-
-def flat_settings(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested settings as ``("metrics.lpips.net", "alex")`` pairs, in a stable order."""
-    rows: list[tuple[str, str]] = []
-    for key, value in settings.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            rows.extend(flat_settings(value, path + "."))
-        elif isinstance(value, dict):
-            rows.append((path, "{}"))
-        elif isinstance(value, (list, tuple)):
-            rows.append((path, ", ".join(str(v) for v in value)))
-        else:
-            rows.append((path, "" if value is None else str(value)))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -133,25 +94,6 @@ def _md_table(header: list[str], rows: list[list[Any]], align_right_from: int = 
              "|" + "|".join("---:" if i >= align_right_from else "---" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def summary_rows(datasets: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the dataset summary table (shared by Markdown and HTML)."""
-    columns = metric_columns(datasets)
-    header = ["dataset", "images", "problems"] + [metric_header(m) for m in columns]
-    rows = []
-    for d in datasets:
-        values = [format_value(d["summary"].get(m)) if m in d.get("metrics", []) else "" for m in columns]
-        rows.append([d["name"], str(d["n_evaluated"]), str(len(d["mismatches"]))] + values)
-    return header, rows
-
-
-def per_image_rows(dataset: dict) -> tuple[list[str], list[list[str]]]:
-    columns = [m for m in metric_columns([dataset]) if m != "fid" and m not in dataset.get("unavailable", {})]
-    header = ["image", "size"] + [metric_header(m) for m in columns]
-    rows = [[row["stem"], f"{row['width']}x{row['height']}"] + [format_value(row.get(m)) for m in columns]
-            for row in dataset["images"]]
-    return header, rows
 
 
 def to_markdown(datasets: list[dict]) -> str:
@@ -242,8 +184,6 @@ def write_reports(datasets: list[dict], out_dir: str | Path, *, html: bool = Tru
     }
     paths["markdown"].write_text(to_markdown(datasets), encoding="utf-8")
     if html:
-        from .html_page import write_html
-
         paths["html"] = write_html(datasets, out, embed_images=embed_images, max_images=max_images,
                                    crop_size=crop_size)
     return paths

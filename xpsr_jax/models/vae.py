@@ -4,7 +4,7 @@ Images (B, H, W, in_channels) in [-1, 1] -> encoder -> quant_conv -> moments (B,
 :class:`DiagonalGaussian`; latents (B, H/f, W/f, latent) -> post_quant_conv -> decoder -> images, with f = 8 for
 SD1.5. Latents are *unscaled* here, as in diffusers: the UNet sees ``latent * config.scaling_factor``.
 
-Module names mirror diffusers' so :mod:`xpsr_jax.models.vae_weights` maps keys by the generic rules alone.
+Module names mirror diffusers' so :mod:`xpsr_jax.weights.vae` maps keys by the generic rules alone.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import functools
 
 import flax.linen as nn
 import flax.struct
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,12 +274,27 @@ def _compiled(config: VAEConfig, method: str, dtype, attention_impl: str):
     return jax.jit(fn)
 
 
-def _check_params(params, config: VAEConfig) -> None:
-    # Catches the easy mistake of passing a tiny model's parameters with the default (SD1.5) config.
-    from xpsr_jax.models.vae_weights import VAE_KEYMAP
-    from xpsr_jax.weights.keymap import check_against, flatten
+class ParamsMismatchError(ValueError):
+    """Parameters that do not fit the VAE of the given config; the message names the Flax paths."""
 
-    check_against(flatten(params), flatten(abstract_params(config)), VAE_KEYMAP, "the given parameters")
+
+def _check_params(params, config: VAEConfig) -> None:
+    # Catches the easy mistake of passing a tiny model's parameters with the default (SD1.5) config. The paths
+    # are Flax paths: checkpoint key spellings belong to xpsr_jax.weights.vae.
+    got = traverse_util.flatten_dict(params, sep="/")
+    want = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    shapes = [f"{p!r} has {np.shape(got[p])}, the config needs {want[p].shape}"
+              for p in sorted(got.keys() & want.keys()) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
+    problems = [f"{what}: {_first(items)}" for what, items in (
+        ("missing parameters", [repr(p) for p in sorted(want.keys() - got.keys())]),
+        ("unexpected parameters", [repr(p) for p in sorted(got.keys() - want.keys())]),
+        ("shape mismatch", shapes)) if items]
+    if problems:
+        raise ParamsMismatchError("the given parameters do not fit the VAE of this config: " + "; ".join(problems))
+
+
+def _first(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _nchw_in(x, channels: int, what: str, dtype) -> jax.Array:

@@ -1,12 +1,9 @@
-"""The VAE's configuration, read from and written to a diffusers ``AutoencoderKL`` ``config.json``."""
+"""The VAE's configuration in diffusers' ``AutoencoderKL`` names (its files: :mod:`xpsr_jax.weights.vae`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping
-
-from xpsr_jax.weights.io import read_config
 
 DOWN_BLOCK = "DownEncoderBlock2D"
 UP_BLOCK = "UpDecoderBlock2D"
@@ -63,10 +60,6 @@ class VAEConfig:
             raise ValueError(f"VAE config: act_fn must be 'silu', got {cfg['act_fn']!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in cfg.items() if k in known})
-
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike) -> "VAEConfig":
-        return cls.from_diffusers(read_config(folder))
 
     def to_diffusers(self) -> dict[str, Any]:
         """The ``config.json`` contents diffusers' ``AutoencoderKL.from_pretrained`` reads."""

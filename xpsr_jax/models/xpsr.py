@@ -1,7 +1,7 @@
 """The XPSR denoiser: ControlNet + UNet as one pure function, and their parameters' shapes.
 
 ``denoise`` is what training and sampling call; it works in NHWC. The NumPy/PyTorch-layout entry point for users is
-:class:`xpsr_jax.XPSRDenoiser` (``xpsr_jax/models/denoiser.py``).
+:class:`xpsr_jax.XPSRDenoiser` (``xpsr_jax/infer/denoiser.py``).
 """
 
 from __future__ import annotations

@@ -20,13 +20,12 @@ import zlib
 from typing import Any, Sequence
 
 import numpy as np
-
-from xpsr_jax.weights.keymap import flatten, unflatten
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 
 def fresh_params(abstract: Any, seed: int, zero_modules: Sequence[str] = ()) -> dict:
     """Abstract (ShapeDtypeStruct) tree -> NumPy tree. ``zero_modules``: regexes fully matching a module path."""
-    flat = flatten(abstract)
+    flat = flatten_dict(abstract)
     zero = [re.compile(p) for p in zero_modules]
     out = {}
     for path, leaf in flat.items():
@@ -49,4 +48,4 @@ def fresh_params(abstract: Any, seed: int, zero_modules: Sequence[str] = ()) -> 
         else:
             raise ValueError(f"no initialisation rule for parameter {'/'.join(path)}")
         out[path] = value.astype(dtype)
-    return unflatten(out)
+    return unflatten_dict(out)

@@ -88,10 +88,11 @@ class TorchSRPipeline:
     @classmethod
     def from_flax_checkpoint(cls, path: str | Path) -> "TorchSRPipeline":
         """Export a Flax checkpoint folder with this package's exporters and load the results in PyTorch."""
-        from xpsr_jax.models.clip_text import ClipTextConfig, save_clip_text
+        from xpsr_jax.models.clip_text import ClipTextConfig
         from xpsr_jax.models.vae_config import VAEConfig
-        from xpsr_jax.models.vae_weights import save_vae
         from xpsr_jax.weights import checkpoint
+        from xpsr_jax.weights.clip_text import save_clip_text
+        from xpsr_jax.weights.vae import save_vae
         from xpsr_jax.weights.xpsr_convert import write_official
 
         meta, params = checkpoint.load(path)

@@ -12,10 +12,9 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from xpsr_jax.weights.keymap import flatten, unflatten
 
 
 def make_mesh(shape: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -87,22 +86,22 @@ def path_str(path: tuple[str, ...]) -> str:
 def trainable_mask(params: Mapping[str, Any], patterns: Sequence[str]) -> dict[str, Any]:
     """Tree of bools: True where the parameter path fully matches one of ``patterns``."""
     compiled = [re.compile(p) for p in patterns]
-    flat = flatten(params)
-    return unflatten({p: any(c.fullmatch(path_str(p)) for c in compiled) for p in flat})
+    flat = flatten_dict(params)
+    return unflatten_dict({p: any(c.fullmatch(path_str(p)) for c in compiled) for p in flat})
 
 
 def split(params: Mapping[str, Any], mask: Mapping[str, Any]) -> tuple[dict, dict]:
     """-> (trainable, frozen), two disjoint trees whose union is ``params``."""
-    flat, flat_mask = flatten(params), flatten(mask)
+    flat, flat_mask = flatten_dict(params), flatten_dict(mask)
     train = {p: v for p, v in flat.items() if flat_mask[p]}
     frozen = {p: v for p, v in flat.items() if not flat_mask[p]}
-    return unflatten(train), unflatten(frozen)
+    return unflatten_dict(train), unflatten_dict(frozen)
 
 
 def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, Any]:
-    both = flatten(frozen)
-    both.update(flatten(trainable))
-    return unflatten(both)
+    both = flatten_dict(frozen)
+    both.update(flatten_dict(trainable))
+    return unflatten_dict(both)
 
 
 def host_to_global(tree: Any, shardings: Any) -> Any:

@@ -51,9 +51,9 @@ def _sd15_extras(src: str | None) -> tuple[dict, dict, Path | None, str | None]:
     """VAE, text encoder and tokenizer of an SD1.5 folder (or hub id) -> (params, meta, tokenizer dir, root)."""
     if src is None:
         return {}, {}, None, None
-    from xpsr_jax.models.clip_text import load_clip_text
-    from xpsr_jax.models.vae_weights import load_vae
     from xpsr_jax.weights import io
+    from xpsr_jax.weights.clip_text import load_clip_text
+    from xpsr_jax.weights.vae import load_vae
 
     root = io.resolve_model_source(src, ("unet", "vae", "text_encoder", "tokenizer"))
     vae_cfg, vae = load_vae(root / "vae")

@@ -1,4 +1,4 @@
-"""The VAE's PyTorch <-> Flax key map, loading from a diffusers folder, and export back to PyTorch.
+"""The VAE's PyTorch <-> Flax key map, its config file, loading from a diffusers folder, and export to PyTorch.
 
 The generic rules of :mod:`xpsr_jax.weights.keymap` map every key; the VAE adds only the legacy spelling of its
 mid-block attention (diffusers before 0.14, still in many SD1.5 uploads): ``query``/``key``/``value``/``proj_attn``
@@ -21,6 +21,8 @@ from xpsr_jax.models.vae_config import VAEConfig
 from xpsr_jax.nn.layers import Dtype
 from xpsr_jax.weights import io
 from xpsr_jax.weights.keymap import KeyMap, check_against, flatten, flax_to_torch, torch_to_flax
+
+SUBFOLDER = "vae"
 
 _ATTN = r"((?:encoder|decoder)\.mid_block\.attentions\.\d+)"
 
@@ -71,11 +73,21 @@ def vae_to_torch_state_dict(params: Mapping[str, Any], dtype: Any = None) -> dic
     return sd if dtype is None else {k: v.astype(dtype) for k, v in sd.items()}
 
 
+def read_vae_config(folder: str | os.PathLike) -> VAEConfig:
+    """A VAE folder's ``config.json`` -> :class:`VAEConfig`; :class:`WeightFileError` when it is missing, corrupt
+    or describes a network this port does not build."""
+    raw = io.read_config(folder)
+    try:
+        return VAEConfig.from_diffusers(raw)
+    except (TypeError, ValueError) as e:
+        raise io.WeightFileError(f"{Path(folder) / 'config.json'}: not a usable AutoencoderKL config: {e}") from e
+
+
 def _component_folder(src: str | os.PathLike) -> Path:
     """A pipeline folder (or hub id) with ``vae/``, or the VAE folder itself."""
-    root = io.resolve_model_source(src, subfolders=("vae",))
-    if (root / "vae").is_dir():
-        return root / "vae"
+    root = io.resolve_model_source(src, subfolders=(SUBFOLDER,))
+    if (root / SUBFOLDER).is_dir():
+        return root / SUBFOLDER
     if (root / "config.json").is_file():
         return root
     raise io.WeightFileError(f"{src}: neither a vae/ subfolder nor a config.json found in {root}")
@@ -90,10 +102,7 @@ def load_vae(src: str | os.PathLike, param_dtype: Dtype = jnp.float32) -> tuple[
     :class:`WeightMismatchError` for missing, unexpected or wrongly shaped keys (naming the keys and the file).
     """
     folder = _component_folder(src)
-    try:
-        config = VAEConfig.from_folder(folder)
-    except (TypeError, ValueError) as e:
-        raise io.WeightFileError(f"{folder / 'config.json'}: not a usable AutoencoderKL config: {e}") from e
+    config = read_vae_config(folder)
     path = io.find_weight_file(folder)
     params = vae_torch_to_flax(io.read_state_dict(path), config, param_dtype, source=str(path))
     return config, params
