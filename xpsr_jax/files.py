@@ -34,11 +34,12 @@ def _temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO]:
     """A file object for ``path`` whose contents appear there only when the ``with`` block ends without error.
 
-    ``mode`` is ``"wb"`` or ``"w"`` (text defaults to UTF-8). The parent folder must exist. On an exception the
-    temporary file is removed and the target is left as it was.
+    ``mode`` is ``"wb"`` or ``"w"`` (text defaults to UTF-8; ``newline=""`` for the csv module). The parent folder
+    must exist. On an exception the temporary file is removed and the target is left as it was.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
@@ -47,7 +48,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     if mode == "w" and encoding is None:
         encoding = "utf-8"
     try:
-        with open(tmp, mode, encoding=encoding) as f:
+        with open(tmp, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -31,6 +31,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from xpsr_jax.files import atomic_open, atomic_write_json, strict_json_dumps
+
 FIELDS = ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")
 META_FORMAT = "xpsr-jax-captions"
 META_VERSION = 1
@@ -117,13 +119,7 @@ def _repair_tail(path: Path) -> None:
 
 def _write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: two mergers never share one
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)  # the temporary name is per process: two mergers never share one
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -208,7 +204,7 @@ class CaptionStore:
             self.write_path.parent.mkdir(parents=True, exist_ok=True)
             _repair_tail(self.write_path)
             self._file = open(self.write_path, "ab")
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = strict_json_dumps(record, indent=None) + "\n"
         self._file.write(line.encode("utf-8"))  # one write per record: a crash cuts at most this line
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -234,13 +230,9 @@ def write_store(path: str | os.PathLike, records: list[dict]) -> None:
     """Replace ``path`` with ``records`` (sorted by id) in one atomic step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: two mergers never share one
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:  # the temporary name is per process: two mergers never share one
         for record in sorted((check_record(r) for r in records), key=lambda r: r["id"]):
-            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+            f.write((strict_json_dumps(record, indent=None) + "\n").encode("utf-8"))
 
 
 def merge_shards(path: str | os.PathLike, *, remove: bool = True) -> int:

@@ -109,13 +109,16 @@ def _crops(row: dict, size: int) -> dict[str, Image.Image | None]:
 
 
 def _img_src(img: Image.Image, out_dir: Path, rel: str, embed: bool) -> str:
+    from xpsr_jax.files import atomic_open
+
     if embed:
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     path = out_dir / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG")
     return rel
 
 
@@ -197,6 +200,7 @@ def write_html(datasets: list[dict], out_dir: str | Path, *, embed_images: bool 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / PAGE
-    page.write_text(render_html(datasets, out_dir, embed_images=embed_images, max_images=max_images,
-                                crop_size=crop_size), encoding="utf-8")
-    return page
+    from xpsr_jax.files import atomic_write_text
+
+    return atomic_write_text(page, render_html(datasets, out_dir, embed_images=embed_images,
+                                               max_images=max_images, crop_size=crop_size))

@@ -62,10 +62,10 @@ def _decode_dataset(d: dict) -> dict:
 
 
 def write_json(datasets: list[dict], path: str | Path) -> Path:
-    path = Path(path)
+    from xpsr_jax.files import atomic_write_json
+
     doc = {"format": FORMAT, "datasets": _encode(datasets)}
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_json(path, doc)  # strict JSON (non-finite values are encoded above), atomic
 
 
 def load_results(path: str | Path) -> list[dict]:
@@ -142,7 +142,9 @@ def write_summary_csv(datasets: list[dict], path: str | Path) -> Path:
         for key, _ in flat_settings(d["settings"]):
             if key not in setting_keys:
                 setting_keys.append(key)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    from xpsr_jax.files import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["dataset", "n_pairs", "n_evaluated", "n_problems"] + columns
                         + ["pred_dir", "gt_dir", "lr_dir"] + setting_keys)
@@ -157,7 +159,9 @@ def write_summary_csv(datasets: list[dict], path: str | Path) -> Path:
 
 def write_per_image_csv(datasets: list[dict], path: str | Path) -> Path:
     columns = [m for m in metric_columns(datasets) if m != "fid"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    from xpsr_jax.files import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["dataset", "stem", "width", "height"] + columns + ["pred", "gt", "lr"])
         for d in datasets:
@@ -182,7 +186,9 @@ def write_reports(datasets: list[dict], out_dir: str | Path, *, html: bool = Tru
         "csv": write_summary_csv(datasets, out / RESULTS_CSV),
         "per_image_csv": write_per_image_csv(datasets, out / PER_IMAGE_CSV),
     }
-    paths["markdown"].write_text(to_markdown(datasets), encoding="utf-8")
+    from xpsr_jax.files import atomic_write_text
+
+    atomic_write_text(paths["markdown"], to_markdown(datasets))
     if html:
         paths["html"] = write_html(datasets, out, embed_images=embed_images, max_images=max_images,
                                    crop_size=crop_size)

@@ -47,11 +47,14 @@ class Validator:
         pipe = self._pipeline(params)
         from PIL import Image
 
+        from xpsr_jax.files import atomic_open
+
         out = self.out / f"step_{step:07d}"
         out.mkdir(parents=True, exist_ok=True)
         results = pipe.super_resolve([im for _, im in self.images], image_ids=[n for n, _ in self.images])
         for (name, _), res in zip(self.images, results):
-            Image.fromarray(res.image).save(out / f"{name}.png")
+            with atomic_open(out / f"{name}.png", "wb") as f:
+                Image.fromarray(res.image).save(f, format="PNG")
             if writer is not None:
                 writer.add_image(f"validation/{name}", res.image, step, dataformats="HWC")
         return out
