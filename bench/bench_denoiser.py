@@ -38,7 +38,8 @@ ANCHOR_FWD_SECONDS = {2: 0.092, 8: 0.092}  # official PyTorch on an H100, SD1.5 
 
 
 def model_config(size: str):
-    from xpsr_jax.models.config import UNetConfig, tiny_config
+    from xpsr_jax.models.config import UNetConfig
+    from xpsr_jax.testing import unet_config as tiny_config
 
     return (UNetConfig(), 64) if size == "sd15" else (tiny_config(), 16)
 

@@ -36,7 +36,8 @@ MODES = ("fwd", "fwd_bwd")
 
 
 def model_config(size: str):
-    from xpsr_jax.models.config import UNetConfig, tiny_config
+    from xpsr_jax.models.config import UNetConfig
+    from xpsr_jax.testing import unet_config as tiny_config
 
     # The stock UNet: pixel attentions need ControlNet residuals, which bench_denoiser.py covers.
     if size == "sd15":

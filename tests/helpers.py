@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TINY_UNET = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
-                 attention_head_dim=8, norm_num_groups=8, sample_size=16)
+from xpsr_jax import testing
+
+TINY_UNET = testing.UNET  # diffusers' UNet2DConditionModel takes the preset's fields as they are
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.06) -> torch.nn.Module:
@@ -37,7 +38,8 @@ def rel_err(got, want) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
 
 
-def residual_shapes(batch: int, h: int, w: int, channels=(32, 64, 64, 64), layers: int = 2):
+def residual_shapes(batch: int, h: int, w: int, channels=TINY_UNET["block_out_channels"],
+                    layers: int = TINY_UNET["layers_per_block"]):
     """NCHW shapes of the 12 ControlNet down residuals and the mid residual for latents h x w."""
     shapes = [(batch, channels[0], h, w)]
     for i, c in enumerate(channels):

@@ -29,8 +29,9 @@ from xpsr_jax.torch_ref import (
 )
 from xpsr_jax.torch_ref.checkpoint import BIN_NAME, SAFETENSORS_NAME
 
-TINY = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32, attention_head_dim=8,
-            norm_num_groups=8, sample_size=16)
+# the official fixture's shapes (its config.json): two layers per block, unlike xpsr_jax.testing's preset
+FIXTURE_UNET = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
+                    attention_head_dim=8, norm_num_groups=8, sample_size=16)
 OUTPUTS = ["eps", "mid_residual"] + [f"down_residual_{i}" for i in range(12)] + \
           [f"latent_dfc_{i}" for i in range(13)] + [f"rgb_dfc_{i}" for i in range(3)]
 
@@ -65,7 +66,7 @@ def _run(unet, controlnet, io, e_low="low"):
 
 def _tiny_stock_unet(seed: int = 0) -> UNet2DConditionModel:
     """A tiny SD1.5-layout UNet whose every tensor is N(0, 1): unlike any default init, so copies are traceable."""
-    unet = UNet2DConditionModel(**TINY)
+    unet = UNet2DConditionModel(**FIXTURE_UNET)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in unet.state_dict().values():
@@ -253,7 +254,7 @@ def test_ablation_key_sets(tiny_configs, fusion, pixel_dfc, latent_dfc):
     with torch.device("meta"):
         full = _keys(XPSRControlNet(controlnet_config_from_unet(unet_cfg)))
         keys = _keys(XPSRControlNet(cfg))
-        stock = _keys(ControlNetModel(**{k: v for k, v in cfg.items() if k in TINY or k == "cross_attention_dim"}))
+        stock = _keys(ControlNetModel(**{k: v for k, v in cfg.items() if k in FIXTURE_UNET or k == "cross_attention_dim"}))
     drop = {"parallel": (), "sequential": ("attentions_connect",), "high_only": ("attentions_connect",
                                                                                 "attentions_lowlevel")}[fusion]
     drop += () if pixel_dfc else ("to_rgbs",)
@@ -271,7 +272,7 @@ def test_unet_without_pixel_attention_is_stock(tiny_configs):
     unet_cfg, _ = tiny_configs
     with torch.device("meta"):
         unet = XPSRUNet({**unet_cfg, "pixel_attention": False})
-        stock = UNet2DConditionModel(**TINY)
+        stock = UNet2DConditionModel(**FIXTURE_UNET)
     assert _keys(unet) == _keys(stock)
     assert unet.config["pixel_attention"] is False
 

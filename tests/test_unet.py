@@ -8,7 +8,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from helpers import TINY_UNET, nchw, nhwc, randomize_, rel_err, residual_shapes, state_dict_np
-from xpsr_jax.models.config import UNetConfig, tiny_config
+from xpsr_jax.models.config import UNetConfig
+from xpsr_jax.testing import unet_config as tiny_config
 from xpsr_jax.models.unet import UNet
 from xpsr_jax.weights.keymap import WeightMismatchError, flax_to_torch, torch_shapes, torch_to_flax
 from xpsr_jax.weights.maps import UNET_KEYMAP

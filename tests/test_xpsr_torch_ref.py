@@ -9,7 +9,8 @@ from diffusers import UNet2DConditionModel
 
 from helpers import TINY_UNET, nchw, nhwc, randomize_, rel_err, state_dict_np
 from xpsr_jax import torch_ref
-from xpsr_jax.models.config import UNetConfig, tiny_config
+from xpsr_jax.models.config import UNetConfig
+from xpsr_jax.testing import unet_config as tiny_config
 from xpsr_jax.models.xpsr import XPSR
 from xpsr_jax.weights.keymap import flatten, torch_to_flax
 from xpsr_jax.weights.maps import CONTROLNET_KEYMAP, UNET_KEYMAP

@@ -1,9 +1,7 @@
 """A tiny random XPSR checkpoint (UNet, ControlNet, VAE, CLIP text encoder), built in code for tests and the demo.
 
-Shapes: the 4-level tiny UNet/ControlNet of :func:`xpsr_jax.models.config.tiny_config` (cross-attention width 32),
-a 4-level VAE (block_out_channels (32, 32, 64, 64), one layer per block, 8 norm groups: x8 like SD's) and a
-2-layer CLIP text encoder of width 32 with SD's vocabulary (49408) and 77 positions, so the bundled CLIP tokenizer's
-ids fit. No tokenizer folder is written: the pipeline then uses the bundled vocabulary.
+Shapes: the preset of :mod:`xpsr_jax.testing` (UNet/ControlNet, VAE and CLIP text encoder), the same model the
+tiny training config trains. No tokenizer folder is written: the pipeline then uses the bundled vocabulary.
 
 The parameters are drawn in NumPy from the abstract shapes (``jax.eval_shape``), not by running the models'
 initialisers, which XLA:CPU takes tens of seconds to compile. Every tensor is random, zero convolutions and the
@@ -19,16 +17,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from xpsr_jax.models.clip_text import ClipTextConfig, init_shapes
-from xpsr_jax.models.config import tiny_config
+from xpsr_jax import testing
+from xpsr_jax.models.clip_text import init_shapes
 from xpsr_jax.models.vae import abstract_params as vae_abstract_params
-from xpsr_jax.models.vae_config import VAEConfig
 from xpsr_jax.models.xpsr import XPSR
 from xpsr_jax.weights import checkpoint
 
-TINY_VAE = VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
-TINY_TEXT = ClipTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, max_position_embeddings=77)
+TINY_VAE = testing.vae_config()
+TINY_TEXT = testing.text_config()
 
 
 def _random_like(tree, rng: np.random.Generator):
@@ -53,7 +49,7 @@ def _random_like(tree, rng: np.random.Generator):
 def tiny_params(seed: int = 0) -> tuple[dict, dict]:
     """-> (params, meta) of a tiny random XPSR with VAE and text encoder, NumPy float32."""
     rng = np.random.default_rng(seed)
-    cfg = tiny_config()
+    cfg = testing.unet_config()
     params = dict(_random_like(XPSR(cfg).abstract_params(), rng))
     params["vae"] = _random_like(vae_abstract_params(TINY_VAE), rng)
     params["text_encoder"] = _random_like(init_shapes(TINY_TEXT), rng)

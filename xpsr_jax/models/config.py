@@ -194,11 +194,3 @@ def _norm(v):
 def _check(cfg: Mapping[str, Any], source: str, field: str, want) -> None:
     if cfg.get(field, want) != want:
         raise ConfigError(f"{source}: {field}={cfg[field]!r} is not supported (need {want!r})")
-
-
-def tiny_config(**kw) -> UNetConfig:
-    """The 4-level tiny config used by tests and the demo (the official fixture's shapes)."""
-    base = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
-                attention_head_dim=8, norm_num_groups=8, sample_size=16)
-    base.update(kw)
-    return UNetConfig(**base)
