@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,37 @@ def empty_records(t: Path) -> None:
     ArrayRecordWriter(str(folder / records.shard_name(0, 1)), records.WRITER_OPTIONS).close()
 
 
+def one_pair(t: Path, name: str = "a") -> None:
+    """A make-data output holding one LR/HR pair, written directly (no degradation run)."""
+    import io
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from xpsr_jax.data import records
+
+    def png(size: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    folder = t / "pairs" / records.RECORDS_DIR
+    folder.mkdir(parents=True)
+    writer = ArrayRecordWriter(str(folder / records.shard_name(0, 1)), records.WRITER_OPTIONS)
+    writer.write(records.serialize(records.PairRecord(id=name, epoch=0, source=name, hr_png=png(16),
+                                                      lr_png=png(4))))
+    writer.close()
+
+
+def one_pair_and_other_png(t: Path) -> None:
+    one_pair(t)
+    _png(t / "png" / "LR" / "a.png", 4, seed=5)  # an earlier export, or someone's file: other bytes
+
+
+def hr_and_latin1_captions(t: Path) -> None:
+    hr_folder(t)
+    (t / "c.jsonl").write_bytes(b'{"id": "a", "highlevel": "caf\xe9"}\n')  # Latin-1, not UTF-8
+
+
 def empty_folder(t: Path) -> None:
     (t / "pairs").mkdir()
 
@@ -258,6 +290,9 @@ ROWS = [
      r"argument --crop-size: '-64' must be a positive integer"),
     ("make-data-hr-is-file", ["make-data", "{tmp}/hr.png", "{tmp}/pairs"], hr_file, 2,
      r"HR_DIR .*hr.png: not a folder"),
+    ("make-data-captions-not-utf8", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--crop-size", "64", "--captions",
+                                     "{tmp}/c.jsonl", "--no-progress"],
+     hr_and_latin1_captions, 0, r"c.jsonl:1: skipping an unreadable caption line \(.*utf-8"),
     ("make-data-captions-missing", ["make-data", "{tmp}/hr", "{tmp}/pairs", "--captions", "{tmp}/c.jsonl"],
      hr_folder, 2, r"--captions .*c.jsonl: no such file"),
     # --- caption
@@ -282,6 +317,9 @@ ROWS = [
      r"pairs holds no pairs; nothing to export"),
     ("export-pairs-out-is-input", ["export-pairs", "{tmp}/pairs", "{tmp}/pairs"], empty_records, 2,
      r"OUT .*pairs/LR lies inside the input RECORDS"),
+    ("export-pairs-other-bytes", ["export-pairs", "{tmp}/pairs", "{tmp}/png", "--plain-ids", "--no-progress"],
+     one_pair_and_other_png, 2, r"export-pairs: error: OUT: .*png/LR/a.png already exists; pass --overwrite",
+     lambda t: not (t / "png" / "HR").exists() or pytest.fail("wrote HR although LR was refused")),
     # --- eval
     ("eval-out-is-pred", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/pred"], pred_and_gt, 2,
      r"eval: error: --out .*pred is the input PRED"),
@@ -326,11 +364,15 @@ def _hashes(*roots: Path) -> dict[Path, str]:
             for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _call(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:  # argparse errors
-        return e.code
+def _call(argv: list[str]) -> tuple[int, str]:
+    """-> (exit code, warnings as the command line prints them on stderr)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse errors
+            code = e.code
+    return code, "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
@@ -339,10 +381,13 @@ def test_bad_input(row, tmp_path, ckpt, capsys):
     setup(tmp_path)
     argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
     before = _hashes(tmp_path, ckpt)
-    assert _call(argv) == code
-    err = capsys.readouterr().err
+    status, warned = _call(argv)
+    assert status == code
+    err = warned + capsys.readouterr().err
     assert re.search(pattern, err), err
     assert "Traceback" not in err
+    if code:  # the error itself is the last line, in argparse's format
+        assert re.match(r"xpsr-jax [a-z0-9 -]+: error: ", err.strip().splitlines()[-1]), err
     after = _hashes(tmp_path, ckpt)
     changed = [str(p) for p, h in before.items() if after.get(p) != h]
     assert not changed, f"files that existed before were changed or removed: {changed}"
