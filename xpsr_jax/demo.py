@@ -235,7 +235,9 @@ def _rel(path: Path) -> str:
 
 def _write_state(out: Path, state: dict, seconds: float) -> None:
     state = dict(state, total_seconds=round(seconds, 2), note=HONESTY)
-    (out / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    from xpsr_jax.files import atomic_write_json
+
+    atomic_write_json(out / STATE_FILE, state)
 
 
 def _summary(p, total: float) -> None:

@@ -7,7 +7,6 @@ a short description of what it produced; ``xpsr_jax.demo`` times them, prints th
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 from pathlib import Path
@@ -86,11 +85,14 @@ def load_photos(names) -> tuple[list[np.ndarray], str]:
 def stage_photos(p: DemoPaths, s: DemoSettings) -> str:
     from PIL import Image
 
+    from xpsr_jax.files import atomic_open
+
     for folder, names in ((p.photos_train, TRAIN_PHOTOS), (p.photos_test, TEST_PHOTOS)):
         folder.mkdir(parents=True, exist_ok=True)
         photos, origin = load_photos(names)
         for name, img in zip(names, photos):
-            Image.fromarray(img).save(folder / f"{name}.png")
+            with atomic_open(folder / f"{name}.png", "wb") as f:
+                Image.fromarray(img).save(f, format="PNG")
     return f"{len(TRAIN_PHOTOS)} training and {len(TEST_PHOTOS)} held-out photos ({origin})"
 
 
@@ -274,9 +276,10 @@ def stage_pytorch(p: DemoPaths, s: DemoSettings) -> str:
         want = unet(x, t, hi, out.down_residuals, out.mid_residual).numpy()
     rel = float(np.abs(eps - want).max() / np.abs(want).max())
     ok = rel <= 1e-4
-    p.torch_check.write_text(json.dumps({"max_abs_diff_over_max_abs": rel, "tolerance": 1e-4, "ok": ok,
-                                         "inputs": "latents (1,4,%d,%d), t=500, random prompts and LR" % (h, h)},
-                                        indent=2) + "\n")
+    from xpsr_jax.files import atomic_write_json
+
+    atomic_write_json(p.torch_check, {"max_abs_diff_over_max_abs": rel, "tolerance": 1e-4, "ok": ok,
+                                      "inputs": "latents (1,4,%d,%d), t=500, random prompts and LR" % (h, h)})
     if not ok:
         raise RuntimeError(f"PyTorch and JAX disagree: max|diff| / max|y| = {rel:.2e} > 1e-4")
     return f"reloaded in PyTorch; one denoiser call, max|JAX - PyTorch| / max|PyTorch| = {rel:.1e}"
@@ -303,10 +306,12 @@ def write_bicubic(p: DemoPaths) -> None:
     are read against something familiar."""
     from PIL import Image
 
+    from xpsr_jax.files import atomic_open
+
     p.bicubic.mkdir(parents=True, exist_ok=True)
     for lr in sorted((p.pairs_test / "LR").glob("*.png")):
-        with Image.open(lr) as im:
-            im.convert("RGB").resize((im.width * 4, im.height * 4), Image.BICUBIC).save(p.bicubic / lr.name)
+        with Image.open(lr) as im, atomic_open(p.bicubic / lr.name, "wb") as f:
+            im.convert("RGB").resize((im.width * 4, im.height * 4), Image.BICUBIC).save(f, format="PNG")
 
 
 def stage_eval(p: DemoPaths, s: DemoSettings) -> str:
