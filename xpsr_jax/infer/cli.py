@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from xpsr_jax.args import add_overwrite, finite_float, int_in, positive_float, positive_int
+from xpsr_jax.train.plan_cli import SR_PLAN_HELP, add_sr_plan_arguments, run_sr_plan
 
 EXAMPLES = """examples:
   xpsr-jax sr photo.png out/ --weights weights/xpsr                  # -> out/photo.png + out/photo.json
@@ -34,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = SRSettings()
     p = sub.add_parser("sr", help="super-resolve images (files or folders) with XPSR",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="INPUT... OUT", help="image files or folders, then the output folder")
-    p.add_argument("--weights", required=True, type=Path, help="Flax checkpoint folder (xpsr-jax convert ... --sd15)")
+    p.add_argument("paths", nargs="*", metavar="INPUT... OUT", help="image files or folders, then the output folder")
+    p.add_argument("--weights", type=Path, help="Flax checkpoint folder (xpsr-jax convert ... --sd15); required "
+                                                "unless --compile-only")
     add_overwrite(p)
     g = p.add_argument_group("prompts")
     g.add_argument("--captions", type=Path, help="caption store (JSONL) with highlevel/lowlevel fields")
@@ -66,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-vae-tile", type=positive_int, help="cap on the VAE tile side in latent pixels")
     r.add_argument("--max-input-pixels", type=positive_int, default=d.max_input_pixels,
                    help="refuse larger inputs before decoding (default %(default)s)")
+    add_sr_plan_arguments(p)
+    p.epilog = EXAMPLES + SR_PLAN_HELP
     p.set_defaults(func=run)
 
 
@@ -88,8 +92,14 @@ def run(args) -> int:
     from xpsr_jax.infer.inputs import discover
     from xpsr_jax.outputs import require_file, require_folder, writable_folder
 
+    if args.compile_only:  # plans a TPU slice: no inputs, outputs or weights are touched
+        return run_sr_plan(args, _settings(args))
+    if args.topology:
+        raise UsageError("--topology plans a slice: add --compile-only")
     if len(args.paths) < 2:
         raise UsageError("give at least one INPUT and the OUT folder")
+    if args.weights is None:
+        raise UsageError("--weights is required (unless --compile-only)")
     *inputs, out = args.paths
     out = Path(out)
     settings = _settings(args)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xpsr_jax.args import add_overwrite, nonnegative_int
 from xpsr_jax.paths import check_local, local_path
+from xpsr_jax.train.plan_cli import PLAN_HELP, add_plan_arguments, check_plan_arguments, run_plan
 
 TRAIN_DESCRIPTION = """\
 Train XPSR's ControlNet and pixel attentions on make-data records (or synthetic data), sharded over the mesh the
@@ -32,13 +33,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
                    help="a bundled config's name (xpsr_sd15, tiny, ablation_*) or a config file")
-    p.add_argument("--workdir", required=True, type=local_path,
-                   help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder)")
+    p.add_argument("--workdir", type=local_path,
+                   help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder); required "
+                        "unless --compile-only")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+    add_plan_arguments(p)
+    p.epilog = EXAMPLES + PLAN_HELP
     p.set_defaults(func=run)
 
     e = sub.add_parser("export", help="a training run's checkpoint -> a Flax checkpoint for sr / convert to-torch",
@@ -141,7 +145,14 @@ def _check_records(path: str) -> None:
 
 
 def run(args) -> int:
+    check_plan_arguments(args)
+    if not args.compile_only and args.workdir is None:
+        from xpsr_jax.errors import UsageError
+
+        raise UsageError("--workdir is required (unless --compile-only)")
     config = load_config(args.config, getattr(args, "config_overrides", []))
+    if args.compile_only:  # plans a TPU slice: no data, no checkpoint, no other hosts
+        return run_plan(args, config)
     try:
         for key, value in (("data.path", config.data.path), ("init_from", config.init_from)):
             if value:

@@ -45,6 +45,15 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return {k: dict(out[k]) for k in COLLECTIVES if k in out}
 
 
+def instruction_counts(hlo_text: str) -> dict[str, int]:
+    """How large the optimised program is: HLO instructions, fusions, and computations (the compiler's work
+    grows with these, not with tensor sizes)."""
+    instructions = len(re.findall(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s", hlo_text, re.MULTILINE))
+    fusions = len(re.findall(r"\sfusion\(", hlo_text))
+    computations = len(re.findall(r"^(?:ENTRY\s+)?%?[\w.\-]+\s.*\{\s*$", hlo_text, re.MULTILINE))
+    return {"instructions": instructions, "fusions": fusions, "computations": computations}
+
+
 def optimal_seconds(compiled) -> float | None:
     """XLA's estimate of the program's run time on one device (TPU cost analysis), if it gives one."""
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import sys
 import time
 from collections import Counter
 from typing import Any, Callable, Iterator
@@ -59,7 +58,7 @@ class FitReport:
     compile_seconds: float
     lower_seconds: float
     compile_cpu_seconds: float
-    attention: dict[str, int]  # kernel:kind:q_len->kv_len -> calls
+    attention: dict[str, int]  # kernel:q_len->kv_len:dHEAD_DIM -> calls
     collectives: dict[str, dict[str, int]]  # kind -> {"count", "bytes"}
     oom: dict | None = None  # {"message", "required_bytes", "available_bytes"} from a RESOURCE_EXHAUSTED compile
     remedies: list[str] = dataclasses.field(default_factory=list)
@@ -114,39 +113,14 @@ def kernel_totals(attention: dict[str, int]) -> dict[str, int]:
 # --- attention kernels: which one each call got ------------------------------------------------------------------
 @contextlib.contextmanager
 def count_attention_kernels() -> Iterator[Counter]:
-    """Counts, while tracing, the kernel each attention call lowers to: ``splash`` (a Pallas call), ``cudnn`` or
-    ``xla``, keyed with the call's self/cross kind and lengths (``xla:self:4096->4096``).
-
-    The kernel choice happens inside ``nn.attention.dot_product_attention`` at trace time; the call is re-traced
-    alone (milliseconds) to see what it became, so the count reflects the real choice and not a guess from the
-    config."""
-    import jax
-
+    """Counts, while tracing, the kernel each attention call got (``nn.attention.recording``), keyed with its
+    lengths and head dim: ``splash:4096->4096:d40``, ``xla:4096->77:d40``. Filled when the block exits."""
     from xpsr_jax.nn import attention
 
-    original = attention.dot_product_attention
     counts: Counter = Counter()
-
-    def counting(q, k, v, *args, **kwargs):
-        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
-        text = str(jax.make_jaxpr(lambda q_, k_, v_: original(q_, k_, v_, *args, **kwargs))(
-            spec(q), spec(k), spec(v)))
-        kernel = "splash" if "pallas_call" in text else "cudnn" if "cudnn" in text else "xla"
-        causal = kwargs.get("is_causal", len(args) > 1 and args[1] is True)
-        kind = "causal" if causal else "self" if q.shape[1] == k.shape[1] else "cross"
-        counts[f"{kernel}:{kind}:{q.shape[1]}->{k.shape[1]}:d{q.shape[-1]}"] += 1
-        return original(q, k, v, *args, **kwargs)
-
-    # modules that imported the function by name (the CLIP text encoder) hold their own reference
-    holders = [m for name, m in list(sys.modules.items())
-               if name.startswith("xpsr_jax.") and getattr(m, "dot_product_attention", None) is original]
-    for module in holders:
-        module.dot_product_attention = counting
-    try:
+    with attention.recording() as calls:
         yield counts
-    finally:
-        for module in holders:
-            module.dot_product_attention = original
+    counts.update(f"{c.impl}:{c.q_len}->{c.kv_len}:d{c.head_dim}" for c in calls)
 
 
 # --- compiling for a slice ---------------------------------------------------------------------------------------
@@ -237,14 +211,16 @@ def fit_report(program: str, config_name: str, topology: Topology, mesh, per_chi
     """A compile's figures as a report: per-chip memory (None after an OOM), fits, collectives, XLA's estimate."""
     memory = ChipMemory.from_compiled(result.compiled) if result.compiled is not None else None
     fits = memory is not None and memory.peak <= topology.hbm_bytes
-    collectives, optimal = {}, None
+    collectives, optimal, size = {}, None, {}
     if result.compiled is not None:
-        collectives = hlo_stats.collectives(result.compiled.as_text())
+        text = result.compiled.as_text()
+        collectives, size = hlo_stats.collectives(text), hlo_stats.instruction_counts(text)
         optimal = hlo_stats.optimal_seconds(result.compiled)
     return FitReport(program, config_name, topology, {k: int(v) for k, v in mesh.shape.items()}, per_chip_batch,
                      global_batch, fits, memory, result.compile_seconds, result.lower_seconds,
                      result.compile_cpu_seconds, result.attention,
-                     collectives, oom=result.oom, xla_optimal_seconds=optimal)
+                     collectives, oom=result.oom, xla_optimal_seconds=optimal,
+                     extra={"hlo": size} if size else {})
 
 
 def train_remedies(config: ml_collections.ConfigDict, report: FitReport, mesh) -> list[str]:
@@ -256,8 +232,7 @@ def train_remedies(config: ml_collections.ConfigDict, report: FitReport, mesh) -
         wider = min(report.topology.chips, max(2 * fsdp, 8))
         out.append(f"FSDP width: --config.mesh.shape='((\"data\", -1), (\"fsdp\", {wider}))' shards the "
                    f"parameters and optimizer state over {wider} chips")
-    if any(k.startswith("xla:") and "->" in k and int(k.split(":")[2].split("->")[0]) >= 1024
-           for k in report.attention):
+    if any(k.startswith("xla:") and int(k.split(":")[1].split("->")[0]) >= 1024 for k in report.attention):
         out.append("attention kernel: --config.model.attention_impl=splash (XLA attention materialises the "
                    "score matrices of the long self-attentions)")
     if not config.model.remat:

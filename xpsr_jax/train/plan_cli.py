@@ -94,3 +94,49 @@ def _explain(report) -> None:
              f"{report.topology.hbm_bytes / (1 << 30):.2f} GiB; what would help:"]
     lines += [f"  - {r}" for r in report.remedies]
     print("\n".join(lines), file=sys.stderr)
+
+
+# --- xpsr-jax sr --compile-only ----------------------------------------------------------------------------------
+SR_PLAN_HELP = """planning (no TPU needed; needs libtpu): the denoise loop for a slice, images sharded over its chips
+  xpsr-jax sr --compile-only --topology v5e-1 --batch-size 8 --dtype bfloat16
+  xpsr-jax sr --compile-only --topology v5e-1 --process-size 2048 --dtype bfloat16   # tiled as the pipeline would
+"""
+
+
+def add_sr_plan_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("planning a TPU slice (compile only; no INPUT, OUT or --weights needed)")
+    g.add_argument("--compile-only", action="store_true",
+                   help="compile the denoise loop for --topology at --process-size and --batch-size and report "
+                        "per-chip memory; the UNet config comes from --weights when given, else SD1.5's")
+    g.add_argument("--topology", help="Cloud TPU accelerator type: v5e-1, v5e-8, v6e-8, v5p-8 ...")
+
+
+def run_sr_plan(args, settings) -> int:
+    from xpsr_jax.errors import UsageError
+    from xpsr_jax.train.tpu_topology import parse
+
+    if not args.topology:
+        raise UsageError("--compile-only needs --topology (e.g. v5e-1)")
+    try:
+        topology = parse(args.topology)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from xpsr_jax.infer.plan import plan_denoise
+
+    unet_config = vae_config = None
+    if args.weights is not None:
+        from xpsr_jax.models.vae_config import VAEConfig
+        from xpsr_jax.weights import checkpoint
+
+        meta = checkpoint.read_meta(args.weights)
+        unet_config = checkpoint.unet_config(meta)
+        vae_config = VAEConfig(**meta["vae_config"]) if "vae_config" in meta else None
+    report = plan_denoise(topology, settings.batch_size, settings.process_size, unet_config=unet_config,
+                          vae_config=vae_config, settings=settings,
+                          config_name=str(args.weights) if args.weights else "sd15")
+    print(json.dumps(report.as_json()), flush=True)
+    if not report.fits:
+        _explain(report)
+        return EXIT_DOES_NOT_FIT
+    return 0
