@@ -70,8 +70,10 @@ def nothing(t: Path) -> None:
 
 
 def torch_ckpt_without_configs(t: Path) -> None:
+    """An official checkpoint folder whose controlnet/ lacks its config.json."""
     for sub in ("unet", "controlnet"):
         (t / "ckpt" / sub).mkdir(parents=True)
+    (t / "ckpt" / "unet" / "config.json").write_text("{}")
     (t / "ckpt" / "controlnet" / "notes.txt").write_text("no config.json here")
 
 
@@ -139,6 +141,11 @@ def sidecar_folder_without_text(t: Path) -> None:
 def pred_and_gt(t: Path) -> None:
     _png(t / "pred" / "a.png")
     _png(t / "gt" / "a.png")
+
+
+def pred_and_other_gt(t: Path) -> None:
+    _png(t / "pred" / "a.png")
+    _png(t / "gt" / "b.png")
 
 
 def pred_gt_and_report(t: Path) -> None:
@@ -254,7 +261,7 @@ ROWS = [
      r"give at least one INPUT and the OUT folder"),
     # --- convert
     ("from-torch-no-config", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
-     torch_ckpt_without_configs, 1, r"convert from-torch: error: config.json not found in .*ckpt/unet"),
+     torch_ckpt_without_configs, 1, r"convert from-torch: error: config.json not found in .*ckpt/controlnet"),
     ("from-torch-missing", ["convert", "from-torch", "{tmp}/nosuch", "{tmp}/flax"],
      nothing, 2, r"CKPT .*nosuch: no such folder"),
     ("from-torch-existing-out", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
@@ -329,6 +336,8 @@ ROWS = [
      r"argument --crop-border: '-1' must be an integer >= 0"),
     ("eval-psnr-eps-nan", ["eval", "{tmp}/pred", "{tmp}/gt", "--psnr-eps", "nan"], pred_and_gt, 2,
      r"argument --psnr-eps: 'nan' is not a finite number"),
+    ("eval-no-pairs", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/report", "--metrics", "psnr", "--no-html",
+                       "--no-progress"], pred_and_other_gt, 1, r"eval: error: no image pair could be evaluated"),
     ("eval-pred-missing", ["eval", "{tmp}/nosuch", "{tmp}/gt"], pred_and_gt, 2, r"PRED is not a folder: .*nosuch"),
     # --- train and export
     ("train-data-missing", TINY_RECORDS + ["--config.data.path={tmp}/nosuch"], nothing, 2,
@@ -376,9 +385,11 @@ def _call(argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input(row, tmp_path, ckpt, capsys):
+def test_bad_input(row, tmp_path, capsys, request):
     _, argv, setup, code, pattern, *check = row
     setup(tmp_path)
+    needs_weights = any("{ckpt}" in a for a in argv)
+    ckpt = request.getfixturevalue("ckpt") if needs_weights else tmp_path  # written once, for the rows that use it
     argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
     before = _hashes(tmp_path, ckpt)
     status, warned = _call(argv)

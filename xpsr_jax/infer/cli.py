@@ -114,12 +114,15 @@ def run(args) -> int:
     writable_folder(out)
     failed_json = out / "failed.json"
 
+    prompts = _prompt_finder(args)
+    items, problems = _readable(items, problems, prompts)  # a corrupt header or prompt file: no model load
+
     t0 = time.time()
     if items:
+        from xpsr_jax.infer.pipeline import SRPipeline
         from xpsr_jax.infer.runner import SRRunner
 
-        runner = SRRunner.create(args.weights, settings, captions=args.captions, prompt=args.prompt,
-                                 lowlevel_prompt=args.lowlevel_prompt)
+        runner = SRRunner(SRPipeline.from_pretrained(args.weights, settings), prompts)
         report = runner.run_items(items, problems, out)
         written, no_prompt, failed = report.written, report.no_prompt, report.failed
     else:
@@ -138,6 +141,35 @@ def run(args) -> int:
     if failed_json.exists():  # from an earlier run (replaced only with --overwrite): no longer true
         failed_json.unlink()
     return 0
+
+
+def _prompt_finder(args):
+    from xpsr_jax.infer.inputs import PromptFinder
+
+    store = None
+    if args.captions is not None:
+        from xpsr_jax.captions.store import CaptionStore
+
+        store = CaptionStore.open(args.captions)
+    return PromptFinder(args.prompt, args.lowlevel_prompt, store)
+
+
+def _readable(items, problems, prompts):
+    """The items whose image header and prompt files can be read; the others join ``problems`` (reported as
+    failed, never run)."""
+    from xpsr_jax.data.images import ImageDecodeError
+    from xpsr_jax.errors import TextDecodeError
+    from xpsr_jax.infer.preprocess import image_size
+
+    kept, problems = [], list(problems)
+    for item in items:
+        try:
+            image_size(item.path)
+            prompts.find(item)
+            kept.append(item)
+        except (ImageDecodeError, TextDecodeError, OSError) as e:
+            problems.append((str(item.path), str(e)))
+    return kept, problems
 
 
 def _check_outputs(inputs: list[str], items, out: Path, overwrite: bool) -> None:
