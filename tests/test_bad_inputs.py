@@ -77,6 +77,12 @@ def torch_ckpt_without_configs(t: Path) -> None:
     (t / "ckpt" / "controlnet" / "notes.txt").write_text("no config.json here")
 
 
+def torch_ckpt_with_bad_config(t: Path) -> None:
+    for sub in ("unet", "controlnet"):
+        (t / "ckpt" / sub).mkdir(parents=True)
+        (t / "ckpt" / sub / "config.json").write_text(json.dumps({"block_out_channels": [32, 64]}))
+
+
 def torch_ckpt_and_existing_out(t: Path) -> None:
     torch_ckpt_without_configs(t)
     (t / "flax").mkdir()
@@ -262,6 +268,8 @@ ROWS = [
     # --- convert
     ("from-torch-no-config", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
      torch_ckpt_without_configs, 1, r"convert from-torch: error: config.json not found in .*ckpt/controlnet"),
+    ("from-torch-bad-config", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],
+     torch_ckpt_with_bad_config, 1, r"convert from-torch: error: 4 down blocks for 2 levels"),
     ("from-torch-missing", ["convert", "from-torch", "{tmp}/nosuch", "{tmp}/flax"],
      nothing, 2, r"CKPT .*nosuch: no such folder"),
     ("from-torch-existing-out", ["convert", "from-torch", "{tmp}/ckpt", "{tmp}/flax"],

@@ -15,6 +15,8 @@ import os
 import sys
 
 from xpsr_jax.errors import XPSRError
+# models/ may import only nn/, so its config error cannot derive from XPSRError; it is a user's error all the same
+from xpsr_jax.models.config import ConfigError as ModelConfigError
 
 # (module, what it adds); each module has add_parser(subparsers).
 COMMANDS = (
@@ -63,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except XPSRError as e:
+    except (XPSRError, ModelConfigError) as e:
         if show_traceback:
             raise
         print(f"xpsr-jax {command_name(args)}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return getattr(e, "exit_code", 1)
 
 
 def command_name(args: argparse.Namespace) -> str:

@@ -3,7 +3,9 @@
 Every error type of the project that a user can meet (weights, checkpoints, images, configs, settings, paths,
 outputs that would be overwritten) derives from :class:`XPSRError` as well as from the built-in type it always
 had (``WeightFileError`` is still an ``OSError``), so ``except OSError`` keeps working. ``xpsr-jax`` catches
-``XPSRError`` once, in :func:`xpsr_jax.cli.main`, and prints ``xpsr-jax <command>: error: <message>``.
+``XPSRError`` once, in :func:`xpsr_jax.cli.main`, and prints ``xpsr-jax <command>: error: <message>``. The one
+exception is ``xpsr_jax.models.config.ConfigError``: ``models/`` imports nothing outside ``nn/``, so ``main`` names
+it beside ``XPSRError``.
 
 Exit codes: 2 for a :class:`UsageError` (the command line asks for something that cannot work: a missing input, an
 output that would overwrite an input or existing results, a value out of range; found before any slow work, like
