@@ -92,8 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from xpsr_jax.data.make_data import MakeDataConfig, format_summary, make_data
-    from xpsr_jax.errors import OutputExistsError, XPSRError
+    from xpsr_jax.data.make_data import format_summary, make_data
+    from xpsr_jax.errors import OutputExistsError, UsageError, XPSRError
     from xpsr_jax.outputs import refuse_over_inputs, require_file, require_folder
     from xpsr_jax.paths import check_local
 
@@ -107,14 +107,10 @@ def run(args: argparse.Namespace) -> int:
         refuse_over_inputs(args.out, [("HR_DIR", hr_dir), ("--captions", args.captions)])
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise OutputExistsError(f"OUT {args.out} is a file, not a folder")
-        cfg = MakeDataConfig(source=args.source, out=args.out, epochs=args.epochs, seed=args.seed,
-                             crop_size=args.crop_size, lr_size=args.lr_size, hr_only=args.hr_only,
-                             shard_size=args.shard_size, workers=args.workers, num_hosts=args.num_hosts,
-                             host_index=args.host_index, captions=args.captions, share_draws=args.share_draws,
-                             use_usm=args.use_usm, alpha=args.alpha, min_pixels=args.min_pixels,
-                             min_bytes=args.min_bytes, on_error=args.on_error, tfds_split=args.tfds_split,
-                             tfds_data_dir=args.tfds_data_dir, tfds_image_key=args.tfds_image_key,
-                             progress=args.progress, overwrite=args.overwrite)
+        try:
+            cfg = _config(args)
+        except ValueError as e:  # settings that contradict each other (--host-index past --num-hosts, ...)
+            raise UsageError(str(e)) from None
         summary = make_data(cfg)
     except XPSRError:
         raise  # reported by xpsr_jax.cli.main with its own exit code
@@ -123,3 +119,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(format_summary(summary))
     return 0
+
+
+def _config(args: argparse.Namespace):
+    """The run's MakeDataConfig; a ValueError when settings contradict each other."""
+    from xpsr_jax.data.make_data import MakeDataConfig
+
+    return MakeDataConfig(source=args.source, out=args.out, epochs=args.epochs, seed=args.seed,
+                          crop_size=args.crop_size, lr_size=args.lr_size, hr_only=args.hr_only,
+                          shard_size=args.shard_size, workers=args.workers, num_hosts=args.num_hosts,
+                          host_index=args.host_index, captions=args.captions, share_draws=args.share_draws,
+                          use_usm=args.use_usm, alpha=args.alpha, min_pixels=args.min_pixels,
+                          min_bytes=args.min_bytes, on_error=args.on_error, tfds_split=args.tfds_split,
+                          tfds_data_dir=args.tfds_data_dir, tfds_image_key=args.tfds_image_key,
+                          progress=args.progress, overwrite=args.overwrite)

@@ -18,6 +18,15 @@ from xpsr_jax.args import add_overwrite
 
 HELP = "write a make-data output's pairs as PNG folders OUT/LR and OUT/HR"
 
+EPILOG = """\
+example:
+  xpsr-jax make-data data/DIV2K_valid_HR data/val --seed 1 --lr-size 128
+  xpsr-jax export-pairs data/val data/val_png   # -> data/val_png/{LR,HR}/
+
+exit status: 0 when every pair was exported; 1 when RECORDS is missing, unfinished, holds no pairs or has no LR
+images (--hr-only); 2 for bad arguments, an OUT inside RECORDS, or files in OUT with other bytes (--overwrite).
+"""
+
 
 def export_pairs(records: str | os.PathLike, out: str | os.PathLike, *, per_copy_ids: bool | None = None,
                  progress: bool = False, overwrite: bool = False) -> int:
@@ -81,8 +90,7 @@ def _has_copies(records) -> bool:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export-pairs", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="example:\n  xpsr-jax make-data data/DIV2K_valid_HR data/val --seed 1 --lr-size 128\n"
-                                     "  xpsr-jax export-pairs data/val data/val_png   # -> data/val_png/{LR,HR}/")
+                              epilog=EPILOG)
     p.add_argument("records", metavar="RECORDS", help="make-data output folder (or its records/ folder)")
     p.add_argument("out", metavar="OUT", help="output folder; LR/ and HR/ are created in it")
     ids = p.add_mutually_exclusive_group()

@@ -17,6 +17,9 @@ EXAMPLES = """examples:
 existing files: an OUT that exists (to-torch: OUT/unet or OUT/controlnet) is refused before anything is read,
 unless --overwrite; an OUT that is an input, lies inside one or holds one is refused even with --overwrite.
 Everything appears atomically (a Flax checkpoint is written to OUT.tmp and renamed; each PyTorch file likewise).
+
+exit status: 0 when OUT was written; 1 when a weight file or config is missing, corrupt or does not fit the
+model (the message names it); 2 for bad arguments, a missing input folder or a refused OUT.
 """
 
 
