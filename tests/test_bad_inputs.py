@@ -134,6 +134,17 @@ def official_prompts_latin1(t: Path) -> None:
     (t / "set" / "highlevel_prompt" / "0001.txt").write_bytes("a caf\xe9\n".encode("latin-1"))
 
 
+def photos_and_notes(t: Path) -> None:
+    photos(t)
+    (t / "notes.txt").write_text("my notes, not captions\n")
+
+
+def official_prompts_and_photo(t: Path) -> None:
+    photos(t)
+    (t / "set" / "highlevel_prompt").mkdir(parents=True)
+    (t / "set" / "highlevel_prompt" / "0001.txt").write_text("a red car\n")
+
+
 def store_and_official_prompts(t: Path) -> None:
     (t / "set" / "highlevel_prompt").mkdir(parents=True)
     (t / "set" / "highlevel_prompt" / "0001.txt").write_text("a red car\n")
@@ -152,6 +163,11 @@ def pred_and_gt(t: Path) -> None:
 def pred_and_other_gt(t: Path) -> None:
     _png(t / "pred" / "a.png")
     _png(t / "gt" / "b.png")
+
+
+def pred_gt_and_crops(t: Path) -> None:
+    pred_and_gt(t)
+    _png(t / "report" / "crops" / "a_sr.png")
 
 
 def pred_gt_and_report(t: Path) -> None:
@@ -321,6 +337,10 @@ ROWS = [
      r"OUT .*out is a folder"),
     ("caption-out-inside-images", ["caption", "{tmp}/photos", "{tmp}/photos/c.jsonl"], photos, 2,
      r"OUT .*c.jsonl lies inside the input IMAGES"),
+    ("caption-out-is-not-a-store", ["caption", "{tmp}/photos", "{tmp}/notes.txt"], photos_and_notes, 2,
+     r"OUT .*notes.txt exists and is not a caption store"),
+    ("caption-import-into-image", ["caption", "--import-official", "{tmp}/set", "{tmp}/photos/a.png"],
+     official_prompts_and_photo, 2, r"OUT .*a.png exists and is not a caption store"),
     ("caption-batch-zero", ["caption", "{tmp}/photos", "{tmp}/c.jsonl", "--batch-size", "0"], photos, 2,
      r"argument --batch-size: '0' must be a positive integer"),
     ("caption-import-not-utf8", ["caption", "--import-official", "{tmp}/set", "{tmp}/c.jsonl"],
@@ -342,6 +362,8 @@ ROWS = [
     # --- eval
     ("eval-out-is-pred", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/pred"], pred_and_gt, 2,
      r"eval: error: --out .*pred is the input PRED"),
+    ("eval-existing-crops", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/report"], pred_gt_and_crops, 2,
+     r"--out: .*report/crops already exists; pass --overwrite"),
     ("eval-existing-report", ["eval", "{tmp}/pred", "{tmp}/gt", "--out", "{tmp}/report"], pred_gt_and_report, 2,
      r"--out: .*results.json already exists; pass --overwrite"),
     ("eval-crop-border-negative", ["eval", "{tmp}/pred", "{tmp}/gt", "--crop-border", "-1"], pred_and_gt, 2,

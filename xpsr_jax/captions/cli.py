@@ -169,6 +169,26 @@ def _check_out(out, inputs) -> None:
     refuse_over_inputs(out, inputs)
     if Path(out).is_dir():
         raise OutputExistsError(f"OUT {out} is a folder; give the caption store's file name (a .jsonl)")
+    if not _is_store(Path(out)):
+        raise OutputExistsError(f"OUT {out} exists and is not a caption store (its first line is not a JSON record "
+                                "with an 'id'); records are never appended to other files")
+
+
+def _is_store(path: Path) -> bool:
+    """Whether ``path`` is missing, empty, or starts with a caption record (appending to it is safe)."""
+    import json
+
+    if not path.is_file():
+        return True
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    if not first.strip():
+        return path.stat().st_size == len(first)
+    try:
+        record = json.loads(first)
+    except ValueError:  # not JSON, not UTF-8, or a first line cut short by a crash: not a store to append to
+        return False
+    return isinstance(record, dict) and isinstance(record.get("id"), str)
 
 
 def _refuse_replacing(out: Path, records: dict, overwrite: bool) -> None:

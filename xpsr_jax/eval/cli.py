@@ -32,7 +32,7 @@ examples:
   xpsr-jax eval pred/ gt/ --metrics paper --device cuda --embed-images
   xpsr-jax eval pred/ gt/ --colour-space rgb --crop-border 4 --ssim-convention basicsr --strict
 
-existing files: reports already in OUT (results.json, results.md, results.csv, per_image.csv, index.html) are
+existing files: reports already in OUT (results.*, per_image.csv, index.html and its crops/) are
 refused unless --overwrite (or --append, which adds this dataset to OUT's results.json); OUT may not be PRED,
 GT or LR_DIR or lie inside one of them.
 
@@ -159,11 +159,12 @@ def _check_out(args) -> None:
     from xpsr_jax.errors import OutputExistsError
     from xpsr_jax.outputs import refuse_existing, refuse_over_inputs
 
+    from .html_page import CROPS, PAGE
     from .report import PER_IMAGE_CSV, RESULTS_CSV, RESULTS_JSON, RESULTS_MD
 
     out = Path(args.out)
     refuse_over_inputs(out, [("PRED", args.pred), ("GT", args.gt), ("--lr", args.lr)], "--out")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file, not a folder")
-    reports = [RESULTS_JSON, RESULTS_MD, RESULTS_CSV, PER_IMAGE_CSV, "index.html"]
+    reports = [RESULTS_JSON, RESULTS_MD, RESULTS_CSV, PER_IMAGE_CSV] + ([] if args.no_html else [PAGE, CROPS])
     refuse_existing([out / name for name in reports], args.overwrite or args.append, "--out")
