@@ -217,6 +217,11 @@ def hr_and_latin1_captions(t: Path) -> None:
     (t / "c.jsonl").write_bytes(b'{"id": "a", "highlevel": "caf\xe9"}\n')  # Latin-1, not UTF-8
 
 
+def someones_folder(t: Path) -> None:
+    (t / "mine").mkdir()
+    (t / "mine" / "notes.txt").write_text("not the demo's")
+
+
 def empty_folder(t: Path) -> None:
     (t / "pairs").mkdir()
 
@@ -385,6 +390,11 @@ ROWS = [
     ("train-init-from-missing", ["train", "--config", "tiny", "--workdir", "{tmp}/run",
                                  "--config.init_from={tmp}/nosuch"], nothing, 2,
      r"config.init_from='.*nosuch': not a Flax checkpoint folder"),
+    # --- demo
+    ("demo-steps-zero", ["demo", "--out", "{tmp}/demo", "--steps", "0"], nothing, 2,
+     r"demo: error: argument --steps: '0' must be a positive integer"),
+    ("demo-foreign-out", ["demo", "--out", "{tmp}/mine"], someones_folder, 2,
+     r"demo: error: .*mine holds files the demo did not write"),
     ("export-workdir-missing", ["export", "{tmp}/nosuch", "{tmp}/exported"], nothing, 2,
      r"export: error: WORKDIR .*nosuch: no such folder"),
     ("export-existing-out", ["export", "{tmp}/run", "{tmp}/exported"], run_folder_and_out, 2,

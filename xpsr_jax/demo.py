@@ -20,6 +20,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from xpsr_jax.args import positive_int
+
 HELP = "run the whole chain on bundled photos with a tiny random model (offline, CPU, a few minutes)"
 
 EPILOG = """\
@@ -47,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=HELP, description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=4, help="training steps (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=4, help="training steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops, degradations, models, sampling")
     p.add_argument("--keep", action="store_true",
                    help="reuse the stages an earlier run in --out finished with the same settings")
@@ -55,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     small.add_argument("--crop-size", type=int, default=128,
                        help="training crop side, a multiple of 64; held-out HR crops are twice it (default: "
                             "%(default)s)")
-    small.add_argument("--sr-steps", type=int, default=4,
+    small.add_argument("--sr-steps", type=positive_int, default=4,
                        help="DDPM sampling steps (default: %(default)s; the paper uses 20)")
     small.add_argument("--process-size", type=int, default=128,
                        help="sampling raises the short side to this (default: %(default)s; the paper uses 512)")
@@ -142,7 +144,7 @@ def run(args) -> int:
     notes = prepare_environment()  # before anything imports JAX
     problem = _validate(args)
     if problem:
-        print(f"xpsr-jax demo: {problem}", file=sys.stderr)
+        print(f"xpsr-jax demo: error: {problem}", file=sys.stderr)
         return 2
     from xpsr_jax import demo_stages as D
 
@@ -153,7 +155,8 @@ def run(args) -> int:
     settings = dataclasses.asdict(s)
     previous = _load_state(out).get("stages", {}) if args.keep else {}
     if not args.keep and not _clear(out, D.DemoPaths.OWNED):
-        print(f"xpsr-jax demo: {out} holds files the demo did not write; choose another --out", file=sys.stderr)
+        print(f"xpsr-jax demo: error: {out} holds files the demo did not write; choose another --out",
+              file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     _compilation_cache(out / CACHE_DIR)
