@@ -105,6 +105,10 @@ def exported_before(t: Path) -> None:
     (t / "torch" / "unet" / "config.json").write_text("{\"earlier\": true}")
 
 
+def torch_txt(t: Path) -> None:
+    (t / "torch.txt").write_text("someone's file")
+
+
 def corrupt_hr_images(t: Path) -> None:
     (t / "hr").mkdir()
     for k in range(2):
@@ -207,6 +211,11 @@ def one_pair(t: Path, name: str = "a") -> None:
     writer.close()
 
 
+def one_pair_and_file(t: Path) -> None:
+    one_pair(t)
+    (t / "png.txt").write_text("someone's file")
+
+
 def one_pair_and_other_png(t: Path) -> None:
     one_pair(t)
     _png(t / "png" / "LR" / "a.png", 4, seed=5)  # an earlier export, or someone's file: other bytes
@@ -224,6 +233,11 @@ def someones_folder(t: Path) -> None:
 
 def empty_folder(t: Path) -> None:
     (t / "pairs").mkdir()
+
+
+def run_folder_and_file(t: Path) -> None:
+    (t / "run").mkdir()
+    (t / "exported.txt").write_text("someone's file")
 
 
 def run_folder_and_out(t: Path) -> None:
@@ -307,6 +321,8 @@ ROWS = [
      sd15_folder, 2, r"OUT .*sd15/xpsr lies inside the input SRC"),
     ("to-torch-existing-out", ["convert", "to-torch", "{ckpt}", "{tmp}/torch"],
      exported_before, 2, r"convert to-torch: error: OUT: .*torch/unet already exists; pass --overwrite"),
+    ("to-torch-out-is-a-file", ["convert", "to-torch", "{ckpt}", "{tmp}/torch.txt", "--overwrite"],
+     torch_txt, 2, r"convert to-torch: error: OUT .*torch.txt is a file, not a folder"),
     ("to-torch-not-flax", ["convert", "to-torch", "{tmp}/sd15", "{tmp}/torch"],
      sd15_folder, 1, r"sd15 is not an xpsr-jax Flax checkpoint"),
     ("to-torch-out-is-input", ["convert", "to-torch", "{ckpt}", "{ckpt}", "--overwrite"],
@@ -359,6 +375,8 @@ ROWS = [
      r"export-pairs: error: .*nosuch"),
     ("export-pairs-empty", ["export-pairs", "{tmp}/pairs", "{tmp}/png"], empty_records, 1,
      r"pairs holds no pairs; nothing to export"),
+    ("export-pairs-out-is-a-file", ["export-pairs", "{tmp}/pairs", "{tmp}/png.txt"], one_pair_and_file, 2,
+     r"export-pairs: error: OUT .*png.txt is a file, not a folder"),
     ("export-pairs-out-is-input", ["export-pairs", "{tmp}/pairs", "{tmp}/pairs"], empty_records, 2,
      r"OUT .*pairs/LR lies inside the input RECORDS"),
     ("export-pairs-other-bytes", ["export-pairs", "{tmp}/pairs", "{tmp}/png", "--plain-ids", "--no-progress"],
@@ -387,6 +405,9 @@ ROWS = [
      r"config.data.path='.*pairs': the make-data output holds 0 pairs"),
     ("train-no-steps", ["train", "--config", "tiny", "--workdir", "{tmp}/run", "--config.num_train_steps=0"],
      nothing, 2, r"config.num_train_steps=0: must be a positive integer"),
+    ("train-learning-rate-inf", ["train", "--config", "tiny", "--workdir", "{tmp}/run",
+                                 "--config.optim.learning_rate=1e999"], nothing, 2,
+     r"train: error: config.optim.learning_rate=inf: must be a finite number"),
     ("train-init-from-missing", ["train", "--config", "tiny", "--workdir", "{tmp}/run",
                                  "--config.init_from={tmp}/nosuch"], nothing, 2,
      r"config.init_from='.*nosuch': not a Flax checkpoint folder"),
@@ -397,6 +418,8 @@ ROWS = [
      r"demo: error: .*mine holds files the demo did not write"),
     ("export-workdir-missing", ["export", "{tmp}/nosuch", "{tmp}/exported"], nothing, 2,
      r"export: error: WORKDIR .*nosuch: no such folder"),
+    ("export-out-is-a-file", ["export", "{tmp}/run", "{tmp}/exported.txt"], run_folder_and_file, 2,
+     r"export: error: OUT .*exported.txt is a file, not a folder"),
     ("export-existing-out", ["export", "{tmp}/run", "{tmp}/exported"], run_folder_and_out, 2,
      r"OUT: .*exported already exists; pass --overwrite"),
 ]

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"xpsr-jax {command_name(args)}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as e:  # a path the user gave cannot be used
+        if show_traceback:
+            raise
+        print(f"xpsr-jax {command_name(args)}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def command_name(args: argparse.Namespace) -> str:

@@ -72,6 +72,12 @@ def require_file(path: str | os.PathLike | None, what: str) -> None:
         raise InputNotFoundError(f"{what} {path}: not a file")
 
 
+def folder_or_absent(out: str | os.PathLike, what: str = "OUT") -> None:
+    """OutputExistsError when ``out`` exists and is not a folder: an output folder never replaces a file."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputExistsError(f"{what} {out} is a file, not a folder")
+
+
 def writable_folder(out: str | os.PathLike, what: str = "OUT") -> Path:
     """Create the output folder ``out`` up front (so reports can always be written); UsageError when a file
     is in the way."""

@@ -105,9 +105,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from xpsr_jax.errors import XPSRError
-    from xpsr_jax.outputs import refuse_over_inputs
+    from xpsr_jax.outputs import folder_or_absent, refuse_over_inputs
 
     try:
+        folder_or_absent(args.out)
         refuse_over_inputs(Path(args.out) / "LR", [("RECORDS", args.records)], "OUT")
         refuse_over_inputs(Path(args.out) / "HR", [("RECORDS", args.records)], "OUT")
         n = export_pairs(args.records, args.out, per_copy_ids=args.per_copy_ids, progress=args.progress,

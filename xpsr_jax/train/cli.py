@@ -4,6 +4,7 @@ and call :func:`xpsr_jax.train.loop.train_and_evaluate`."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -120,11 +121,23 @@ def check_config(config) -> None:
         value = config.get(key)
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise UsageError(f"config.{key}={value!r}: must be a positive integer")
+    for key, value in _float_leaves(config.to_dict()):
+        if not math.isfinite(value):  # a NaN learning rate or loss weight would only show as a NaN loss later
+            raise UsageError(f"config.{key}={value!r}: must be a finite number")
     if config.init_from and not (Path(config.init_from) / "xpsr.json").is_file():
         raise UsageError(f"config.init_from={config.init_from!r}: not a Flax checkpoint folder (no xpsr.json; "
                          "write one with xpsr-jax convert)")
     if config.data.source == "records":
         _check_records(config.data.path)
+
+
+def _float_leaves(tree: dict, prefix: str = ""):
+    """(dotted key, value) of every float in a nested config dict."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _float_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{key}", value
 
 
 def _check_records(path: str) -> None:
@@ -169,13 +182,15 @@ def run(args) -> int:
 
 
 def run_export(args) -> int:
-    from xpsr_jax.outputs import refuse_existing, refuse_over_inputs, require_folder
+    from xpsr_jax.outputs import folder_or_absent, refuse_existing, refuse_over_inputs, require_folder
     from xpsr_jax.train.export import export_run
 
     require_folder(args.workdir, "WORKDIR")
     refuse_over_inputs(args.out, [("WORKDIR", args.workdir)], "OUT", replaces_folder=True)
+    folder_or_absent(args.out)
     refuse_existing([args.out], args.overwrite, "OUT")
     if args.torch:
+        folder_or_absent(args.torch, "--torch")
         refuse_over_inputs(args.torch, [("WORKDIR", args.workdir), ("OUT", args.out)], "--torch",
                            replaces_folder=True)
         refuse_existing([args.torch / "unet", args.torch / "controlnet"], args.overwrite, "--torch")

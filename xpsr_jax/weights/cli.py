@@ -71,10 +71,11 @@ def _check_out(out: Path, inputs: list[tuple[str, str | Path | None]], overwrite
                existing: list[Path] | None = None) -> None:
     """Before anything is read: OUT never over an input (the old OUT is deleted when replaced), and existing
     results only with --overwrite. Inputs that are not local paths (hub ids) are skipped."""
-    from xpsr_jax.outputs import refuse_existing, refuse_over_inputs
+    from xpsr_jax.outputs import folder_or_absent, refuse_existing, refuse_over_inputs
 
     local = [(label, p) for label, p in inputs if p is not None and Path(p).exists()]
     refuse_over_inputs(out, local, "OUT", replaces_folder=True)
+    folder_or_absent(out)  # even with --overwrite: a checkpoint folder never replaces a file
     refuse_existing(existing if existing is not None else [out], overwrite, "OUT")
 
 
