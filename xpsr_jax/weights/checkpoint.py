@@ -22,6 +22,7 @@ import numpy as np
 
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.errors import XPSRError
+from xpsr_jax.files import atomic_write_json
 
 FORMAT = "xpsr-jax-flax/1"
 META = "xpsr.json"
@@ -49,7 +50,7 @@ def save(out: str | Path, params: Mapping[str, Any], meta: Mapping[str, Any], to
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     full = {"format": FORMAT, "components": sorted(params), **meta}
-    (tmp / META).write_text(json.dumps(full, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    atomic_write_json(tmp / META, full, sort_keys=True, default=_jsonable)  # strict: a NaN in a config is named
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
