@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from xpsr_jax.args import add_overwrite, nonnegative_int
+from xpsr_jax.args import add_overwrite, nonnegative_int, positive_int
 from xpsr_jax.paths import check_local, local_path
 from xpsr_jax.train.plan_cli import PLAN_HELP, add_plan_arguments, check_plan_arguments, run_plan
 
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder); required "
                         "unless --compile-only")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
-    p.add_argument("--num-processes", type=int)
-    p.add_argument("--process-id", type=int)
+    p.add_argument("--num-processes", type=positive_int)
+    p.add_argument("--process-id", type=nonnegative_int)
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
     add_plan_arguments(p)
