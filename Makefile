@@ -3,14 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow browser bench
+.PHONY: setup demo test test-slow test-tpu browser bench
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-tpu.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
+	-$(PY) -m pip install -q -r requirements-tpu.txt || echo "libtpu not installed: TPU compile tests will skip"
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -23,11 +24,19 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 	   apt-get install -y -q chromium >/dev/null 2>&1))) || echo "chromium not installed: the HTML screenshot test will skip"
 
+# Two test processes keep a 2-core machine busy (XLA compiles on one core); each test file stays in one process,
+# so its module fixtures compile once. TEST_WORKERS=0 runs everything in this process. The 25 slowest tests are
+# listed at the end.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Ahead-of-time TPU compiles on this host (libtpu from requirements-tpu.txt, no TPU needed) and interpreted kernels.
+test-tpu: setup
+	$(PY) -m pytest -q -m tpu
 
 bench: setup
 	$(PY) bench/bench_unet.py && $(PY) bench/bench_denoiser.py && $(PY) bench/bench_train.py
