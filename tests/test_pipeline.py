@@ -195,27 +195,31 @@ def test_build_dataset_is_a_grain_iter_dataset():
 
 _PIPELINE_PROBE = """
 import sys
+import threading
 from etils import epy
 
 entered, real = [], epy.lazy_imports
 def spy(*args, **kwargs):
-    entered.append(1)
+    entered.append(threading.current_thread().name)
     return real(*args, **kwargs)
 epy.lazy_imports = spy
 from xpsr_jax.data.pipeline import PipelineConfig, make_iterator, records_source
-at_import = len(entered)
+at_import, tfds_at_import = len(entered), "tensorflow_datasets" in sys.modules
 it = make_iterator(records_source(sys.argv[1]), PipelineConfig(batch_size=2, num_threads=4, original_image_ratio=0.5),
                    process_index=0, process_count=1)
+at_start = len(entered)
 for _ in range(3):
     next(it)
-print(at_import, len(entered) - at_import)
+print(int(tfds_at_import), at_start - at_import, len(entered) - at_start,
+      sum(name != threading.main_thread().name for name in entered))
 """
 
 
 def test_reader_threads_import_nothing_under_lazy_imports(hr_dir, tmp_path):
     """tfds imports parts of itself under etils' lazy_imports(), which swaps builtins.__import__ for every thread;
     a reader thread importing at that moment got a lazy stub and a training run died ("'LazyModule' object is not
-    callable"). Importing the pipeline loads all of it; the reader threads then enter no such block."""
+    callable"). Importing the pipeline imports no tfds; building the iterator finishes tfds's imports in the main
+    thread, before the reader threads start; the reader threads then enter no such block."""
     import subprocess
     import sys
 
@@ -223,6 +227,7 @@ def test_reader_threads_import_nothing_under_lazy_imports(hr_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", _PIPELINE_PROBE, str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    at_import, while_reading = map(int, proc.stdout.split()[-2:])
-    assert at_import > 0  # the probe sees tfds's blocks (and they ran at import, in the main thread)
-    assert while_reading == 0
+    tfds_at_import, at_start, while_reading, off_main_thread = map(int, proc.stdout.split()[-4:])
+    assert tfds_at_import == 0  # importing the pipeline has no tfds side effect
+    assert at_start > 0  # the probe sees tfds's blocks, run where the threads start, in the main thread
+    assert while_reading == 0 and off_main_thread == 0

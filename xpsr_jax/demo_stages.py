@@ -179,18 +179,11 @@ def train_config(p: DemoPaths, s: DemoSettings):
 
 
 def _finish_lazy_imports() -> None:
-    """Import here, before the compile thread starts, what the data stages import under etils' lazy_imports().
+    """Before the compile thread starts: the data stages (make-data's tfds metadata, the grain pipeline) must not
+    run etils' lazy_imports() while JAX traces in that thread (see :mod:`xpsr_jax.data.import_guard`)."""
+    from xpsr_jax.data.import_guard import finish_lazy_imports
 
-    tensorflow_datasets (make-data's tfds metadata) and grain import parts of themselves inside
-    ``epy.lazy_imports()``, which swaps ``builtins.__import__`` for every thread while it runs. JAX imports modules
-    while it traces (``jax._src.hijax`` during differentiation); a trace in the compile thread that imports at
-    that moment receives a lazy stub and fails ("'jax._src.hijax' is not a package")."""
-    import grain  # noqa: F401
-    import tensorflow_datasets.core  # noqa: F401
-
-    from xpsr_jax.data import records
-
-    records.features()  # tfds.features
+    finish_lazy_imports()
 
 
 class TrainerPrep:

@@ -39,13 +39,8 @@ import numpy as np
 from xpsr_jax.data import records
 from xpsr_jax.data.degradation_config import DegradationConfig
 from xpsr_jax.data.degradations import degrade_pair, upsample_bicubic
+from xpsr_jax.data.import_guard import finish_lazy_imports, finish_lazy_imports_in_worker
 from xpsr_jax.data.tokenizer import ClipTokenizer
-
-# Everything the reader threads call is imported here, in the importing thread, tensorflow_datasets included (the
-# record features): tfds imports parts of itself under etils' lazy_imports(), which swaps builtins.__import__ for
-# every thread while it runs, so an import in a reader thread at that moment received a lazy stub ("'LazyModule'
-# object is not callable"). grain's worker processes import this module before their threads start, too.
-records.features()
 
 HIGHLEVEL_MODES = ("empty", "caption")
 
@@ -160,6 +155,8 @@ def build_dataset(source, cfg: PipelineConfig = PipelineConfig(), *, process_ind
                   process_count: int | None = None) -> grain.IterDataset:
     """The pipeline over ``source`` (``records_source(...)``, ``SyntheticSource`` or any random-access source of
     record bytes or decoded dicts). process_index/process_count default to ``jax.process_index()/count()``."""
+    # The reader threads (and workers) parse records with tfds's codec: its imports finish here, before they start.
+    finish_lazy_imports()
     if process_index is None or process_count is None:
         import jax
 
@@ -179,7 +176,8 @@ def build_dataset(source, cfg: PipelineConfig = PipelineConfig(), *, process_ind
     if cfg.worker_count > 0:
         _absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count,
-                                                               per_worker_buffer_size=cfg.worker_buffer_size))
+                                                               per_worker_buffer_size=cfg.worker_buffer_size),
+                                  worker_init_fn=finish_lazy_imports_in_worker)
     return it_ds
 
 
