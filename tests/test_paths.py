@@ -1,32 +1,102 @@
-"""Bucket URLs given as paths are refused by name instead of becoming local folders called ``gs:``."""
+"""xpsr_jax.paths decides what a path is: local, a gs:// bucket path (train, export, convert to-torch), or a URL
+refused by name instead of becoming a local folder called ``gs:``. Nothing here talks to a bucket
+(tests/test_gcs.py does, against an emulator)."""
+
+import argparse
+from pathlib import Path
 
 import pytest
 
+from xpsr_jax import paths
 from xpsr_jax.cli import main as cli_main
+from xpsr_jax.errors import UsageError
+
+TINY = Path(__file__).resolve().parents[1] / "xpsr_jax" / "configs" / "tiny.py"
 
 
-def test_train_refuses_url_workdir_and_data_path(tmp_path, capsys, monkeypatch):
+def test_as_path_local_bucket_and_refused_schemes():
+    from etils import epath
+
+    local = paths.as_path("runs/a")
+    assert type(local) is type(Path("runs/a")) and local == Path("runs/a")
+    bucket = paths.as_path("gs://bucket/run")
+    assert isinstance(bucket, epath.Path) and not isinstance(bucket, Path)
+    assert str(bucket / "checkpoints") == "gs://bucket/run/checkpoints"
+    assert paths.as_path(bucket) is bucket
+    assert paths.absolute("gs://bucket/run") == bucket  # epath's own absolute() would prefix the cwd
+    assert paths.absolute("runs/a") == Path.cwd() / "runs/a"
+    assert paths.is_gcs("gs://b") and not paths.is_gcs("gs:/b") and paths.scheme("S3://b") == "s3"
+    with pytest.raises(paths.UnsupportedPathError, match=r"config.data.path 's3://b/x': s3:// URLs are not"):
+        paths.as_path("s3://b/x", "config.data.path")
+
+
+def test_argparse_types_name_the_url():
+    assert paths.run_path("gs://b/run") == paths.as_path("gs://b/run")
+    with pytest.raises(argparse.ArgumentTypeError, match="http:// URLs are not supported"):
+        paths.run_path("http://host/run")
+    with pytest.raises(argparse.ArgumentTypeError, match="gs:// URLs are not supported here.*gs:// works for: "
+                                                         "train, export, convert to-torch"):
+        paths.local_path("gs://b/out")
+    assert paths.local_path("out/x") == Path("out/x")
+
+
+def test_refuse_urls_on_commands_without_bucket_support():
+    paths.refuse_urls("train", ["--workdir", "gs://b/run"])  # supported: nothing raised
+    paths.refuse_urls("sr", ["in.png", "out", "--weights", "w"])
+    with pytest.raises(UsageError, match=r"'gs://b/out': xpsr-jax sr reads and writes local files only"):
+        paths.refuse_urls("sr", ["in.png", "gs://b/out"])
+    with pytest.raises(UsageError, match=r"'gs://b/c.jsonl': xpsr-jax eval"):
+        paths.refuse_urls("eval", ["pred", "gt", "--captions=gs://b/c.jsonl"])
+
+
+def test_emulator_host_reaches_tensorstore_and_array_record(monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9")
+    monkeypatch.delenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", raising=False)
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", "http://kept:1")
+    paths.use_emulator_for_all_clients()
+    import os
+
+    assert os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] == "http://127.0.0.1:9"
+    assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == "http://kept:1"  # a client's own setting wins
+
+
+def test_local_output_is_the_folder_itself_when_local(tmp_path):
+    with paths.local_output(tmp_path / "out") as folder:
+        assert folder == tmp_path / "out"
+
+
+def test_outputs_compare_bucket_paths_as_written():
+    from xpsr_jax.outputs import refuse_over_inputs
+
+    with pytest.raises(UsageError, match="lies inside the input WORKDIR gs://b/run"):
+        refuse_over_inputs("gs://b/run/export", [("WORKDIR", "gs://b/run")])
+    refuse_over_inputs("gs://b/export", [("WORKDIR", "gs://b/run"), ("LOCAL", "gs:/b/export")])
+
+
+def test_train_and_export_refuse_unsupported_schemes(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
-        cli_main(["train", "--config", "xpsr_jax/configs/tiny.py", "--workdir", "gs://bucket/run"])
+        cli_main(["train", "--config", str(TINY), "--workdir", "s3://bucket/run"])
     assert e.value.code == 2
-    assert "'gs://bucket/run': gs:// URLs are not supported" in capsys.readouterr().err
+    assert "'s3://bucket/run': s3:// URLs are not supported" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"config.data.path 's3://b/pairs': s3:// URLs"):
-        cli_main(["train", "--config", str(_tiny()), "--workdir", str(tmp_path / "run"),
+        cli_main(["train", "--config", str(TINY), "--workdir", str(tmp_path / "run"),
                   "--config.data.path=s3://b/pairs"])
     with pytest.raises(SystemExit):
-        cli_main(["export", "gs://bucket/run", str(tmp_path / "out")])
-    assert not any(tmp_path.iterdir())  # nothing was written: no local "gs:" folder
+        cli_main(["export", "s3://bucket/run", str(tmp_path / "out")])
+    assert not any(tmp_path.iterdir())  # nothing was written: no local "s3:" folder
 
 
-def test_make_data_refuses_url_out(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("argv", [["make-data", "hr", "gs://bucket/pairs"],
+                                  ["sr", "in.png", "gs://bucket/out", "--weights", "w"],
+                                  ["eval", "pred", "gt", "--out", "gs://bucket/report"],
+                                  ["convert", "to-torch", "gs://bucket/flax", "gs://bucket/torch"]])
+def test_commands_without_bucket_support_refuse_gs_by_name(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["make-data", str(tmp_path), "gs://bucket/pairs"]) == 1
-    assert "OUT 'gs://bucket/pairs': gs:// URLs are not supported" in capsys.readouterr().err
+    try:
+        code = cli_main(argv)
+    except SystemExit as e:  # an argparse type refused it
+        code = e.code
+    assert code == 2
+    assert "gs://bucket/" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
-
-
-def _tiny():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[1] / "xpsr_jax" / "configs" / "tiny.py"

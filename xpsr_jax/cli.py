@@ -17,6 +17,7 @@ import sys
 from xpsr_jax.errors import XPSRError
 # models/ may import only nn/, so its config error cannot derive from XPSRError; it is a user's error all the same
 from xpsr_jax.models.config import ConfigError as ModelConfigError
+from xpsr_jax.paths import refuse_urls
 
 # (module, what it adds); each module has add_parser(subparsers).
 COMMANDS = (
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
     args.config_overrides = overrides
     try:
+        refuse_urls(command_name(args), argv)  # gs:// only where supported; never a local folder called 'gs:'
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

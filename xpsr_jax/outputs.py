@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Iterable
 
 from xpsr_jax.errors import InputNotFoundError, OutputExistsError, UsageError
+from xpsr_jax.paths import as_path
 
 
-def _resolved(path: str | os.PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+def _resolved(path: str | os.PathLike):
+    path = as_path(path)  # a gs:// path is compared as written (epath cannot resolve URLs)
+    return path.expanduser().resolve() if isinstance(path, Path) else path
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -46,7 +48,8 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool, what: s
     """OutputExistsError naming the first of ``paths`` that exists (and how many do), unless ``overwrite``."""
     if overwrite:
         return
-    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    existing = [as_path(p) for p in paths
+                if (os.path.lexists(p) if isinstance(as_path(p), Path) else as_path(p).exists())]
     if existing:
         more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
         raise OutputExistsError(f"{what}: {existing[0]} already exists{more}; pass --overwrite to replace it")
@@ -56,9 +59,9 @@ def require_folder(path: str | os.PathLike | None, what: str) -> None:
     """InputNotFoundError unless ``path`` is None or an existing folder."""
     if path is None:
         return
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise InputNotFoundError(f"{what} {path}: no such folder")
-    if not Path(path).is_dir():
+    if not as_path(path).is_dir():
         raise InputNotFoundError(f"{what} {path}: not a folder")
 
 

@@ -1,31 +1,168 @@
-"""Command-line paths are local (or mounted) files: a URL such as ``gs://bucket/run`` is refused by name.
+"""What a path on the command line or in a config is: a local ``pathlib.Path``, or an ``etils.epath.Path`` for a
+Google Cloud Storage URL (``gs://bucket/run``). The one place that decides; everything else asks it.
 
 ``pathlib.Path("gs://bucket/run")`` silently becomes the local folder ``gs:/bucket/run``, so a run pointed at a
-bucket would write to the machine's disk and vanish with it. Until the entry points read and write through a
-filesystem layer, mount the bucket (gcsfuse, a shared filesystem) and pass the mount point.
+bucket would write to the machine's disk and vanish with it. Hence every URL is either turned into a bucket path
+here or refused by name:
+
+* ``gs://`` works for a training run's inputs and outputs: ``train --workdir`` (orbax checkpoints through
+  TensorStore's GCS driver, ``metrics.jsonl``, TensorBoard events, data-iterator states), ``config.init_from``,
+  ``config.data.path`` (ArrayRecord's own GCS reader), ``export`` (Flax and ``--torch``) and the input of
+  ``convert to-torch``. Listing, small files and uploads go through ``etils.epath`` (fsspec + ``gcsfs``).
+* Every other scheme, and ``gs://`` given to a command that cannot write or read a bucket yet
+  (:data:`GCS_COMMANDS` lists those that can), is refused with the reason before any work starts.
+
+Credentials are Google's application-default credentials (ADC) of each client. A local emulator is named once,
+with ``STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT``: :func:`use_emulator_for_all_clients` passes it on to the two
+clients that read other variables (TensorStore: ``TENSORSTORE_GCS_HTTP_URL``; ArrayRecord's reader, built on
+google-cloud-cpp: ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` — it ignores ``STORAGE_EMULATOR_HOST`` and without its own
+variable tries the real service).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Union
+
+from xpsr_jax.errors import UsageError
+
+if TYPE_CHECKING:  # etils is imported on first use, so that ``xpsr-jax --help`` stays instant
+    from etils import epath
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+GCS = "gs"
+# the commands (as ``xpsr_jax.cli.command_name`` spells them) with gs:// support; the others refuse every URL
+GCS_COMMANDS = ("train", "export", "convert to-torch")
+
+# A path a run reads or writes: a local folder or file, or an object / prefix in a bucket.
+AnyPath = Union[Path, "epath.Path"]
+
+
+class UnsupportedPathError(UsageError, ValueError):
+    """A URL where only a local path (or a scheme this command does not support) is accepted."""
+
+
+def scheme(value: str | os.PathLike) -> str | None:
+    """``"gs"`` for ``gs://b/x``, None for a local path."""
+    m = _URL.match(str(value))
+    return m.group(1).lower() if m else None
+
+
+def is_gcs(value: str | os.PathLike) -> bool:
+    return scheme(value) == GCS
+
+
+def as_path(value: str | os.PathLike, what: str = "path") -> AnyPath:
+    """A local ``Path``, or an ``epath.Path`` for ``gs://``; any other URL is refused, naming ``what``.
+    (``epath.Path`` has no working ``absolute()``/``resolve()`` for URLs: see :func:`absolute`.)"""
+    s = str(value)
+    kind = scheme(s)
+    if kind is None:
+        return Path(s)
+    if kind == GCS:
+        from etils import epath
+
+        use_emulator_for_all_clients()
+        return value if isinstance(value, epath.Path) else epath.Path(s)
+    raise UnsupportedPathError(f"{what} {s!r}: {kind}:// URLs are not supported (local paths and gs:// are); "
+                               "mount the storage (e.g. with gcsfuse) and give the mounted path")
+
+
+def absolute(value: str | os.PathLike) -> AnyPath:
+    """``as_path(value)``, made absolute when local (a URL is absolute already; ``epath``'s own ``absolute()``
+    would prefix the working directory)."""
+    path = as_path(value)
+    return path.absolute() if isinstance(path, Path) else path
 
 
 def check_local(value: str, what: str) -> str:
-    """``value`` unchanged, or ValueError naming ``what`` when it is a URL."""
-    m = _URL.match(str(value))
-    if m:
-        raise ValueError(f"{what} {value!r}: {m.group(1)}:// URLs are not supported; mount the bucket (e.g. with "
-                         "gcsfuse) and give the mounted path")
+    """``value`` unchanged, or :class:`UnsupportedPathError` naming ``what`` when it is a URL (for paths that
+    must be local: a command or an option without bucket support)."""
+    kind = scheme(value)
+    if kind:
+        hint = (f"this option writes local files only (gs:// works for: {', '.join(GCS_COMMANDS)})" if kind == GCS
+                else "mount the storage (e.g. with gcsfuse)")
+        raise UnsupportedPathError(f"{what} {value!r}: {kind}:// URLs are not supported here; {hint} and give "
+                                   "a local or mounted path")
     return value
 
 
 def local_path(value: str) -> Path:
-    """argparse ``type=`` for a path argument: a Path, or an argparse error for a URL."""
+    """argparse ``type=`` for a path that must be local: a Path, or an argparse error naming the URL."""
     try:
         return Path(check_local(value, "path"))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run_path(value: str) -> AnyPath:
+    """argparse ``type=`` for a run's input or output: a local Path or a gs:// ``epath.Path``."""
+    try:
+        return as_path(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def refuse_urls(command: str, argv: list[str]) -> None:
+    """:class:`UnsupportedPathError` for the first URL on the command line of a command without bucket support
+    (``sr``, ``eval``, ``caption``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
+    if command in GCS_COMMANDS:
+        return
+    for token in argv:
+        value = token.split("=", 1)[1] if token.startswith("--") and "=" in token else token
+        kind = scheme(value)
+        if kind:
+            why = ("reads and writes local files only; gs:// works for: " + ", ".join(GCS_COMMANDS)
+                   if kind == GCS else f"{kind}:// is not supported")
+            raise UnsupportedPathError(f"{value!r}: xpsr-jax {command} {why}. Mount the bucket (e.g. with "
+                                       "gcsfuse) and give the mounted path")
+
+
+def use_emulator_for_all_clients() -> None:
+    """With ``STORAGE_EMULATOR_HOST`` set (gcsfs and google-cloud-storage read it), point TensorStore and
+    ArrayRecord's reader at the same server unless their own variables are set. Called before any client opens
+    a bucket: TensorStore reads its variable once per process."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not host:
+        return
+    url = host if "://" in host else f"http://{host}"
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    os.environ.setdefault("CLOUD_STORAGE_EMULATOR_ENDPOINT", url)
+
+
+def upload_file(src: str | os.PathLike, dst: AnyPath) -> None:
+    """Copy a local file to ``dst`` (local or gs://). A GCS object appears only once its upload completes."""
+    with open(src, "rb") as fin, dst.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, 8 << 20)
+
+
+def upload_tree(src: str | os.PathLike, dst: AnyPath, last: tuple[str, ...] = ()) -> None:
+    """Copy the local folder ``src`` under ``dst``; the files named in ``last`` (relative paths) go up last, so a
+    reader that checks them never sees a half-uploaded folder as complete."""
+    src = Path(src)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    rel = [p.relative_to(src).as_posix() for p in files]
+    order = [r for r in rel if r not in last] + [r for r in last if r in rel]
+    for r in order:
+        target = dst / r
+        target.parent.mkdir(parents=True, exist_ok=True)
+        upload_file(src / r, target)
+
+
+@contextlib.contextmanager
+def local_output(dst: str | os.PathLike, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local folder for a writer that knows only local files: ``dst`` itself when local, else a temporary
+    folder uploaded to the bucket (``last`` files at the end) when the block ends without error."""
+    dst = as_path(dst)
+    if isinstance(dst, Path):
+        yield dst
+        return
+    with tempfile.TemporaryDirectory(prefix="xpsr-upload-") as tmp:
+        yield Path(tmp)
+        upload_tree(tmp, dst, last)

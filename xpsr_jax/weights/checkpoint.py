@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from xpsr_jax import paths
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.errors import XPSRError
 from xpsr_jax.files import atomic_write_json
@@ -58,7 +59,7 @@ def save(out: str | Path, params: Mapping[str, Any], meta: Mapping[str, Any], to
 
 
 def read_meta(path: str | Path) -> dict:
-    path = Path(path)
+    path = paths.as_path(path)  # local or gs://
     meta_file = path / META
     if not meta_file.is_file():
         hint = ""
@@ -83,7 +84,7 @@ def load(path: str | Path, components: tuple[str, ...] | None = None, target: Ma
     """
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = paths.absolute(path)  # local or gs:// (orbax reads buckets through TensorStore)
     meta = read_meta(path)
     have = set(meta.get("components", []))
     want = tuple(components) if components is not None else tuple(sorted(target or have))

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from xpsr_jax.args import add_overwrite
+from xpsr_jax.paths import local_path, run_path
 
 EXAMPLES = """examples:
   xpsr-jax convert sd15 runwayml/stable-diffusion-v1-5 weights/xpsr-init      # hub id (online) or a local folder
@@ -44,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_from_torch)
 
     t = conv.add_parser("to-torch", help="a Flax checkpoint -> OUT/{unet,controlnet} for the official code")
-    t.add_argument("flax", type=Path)
-    t.add_argument("out", type=Path)
+    t.add_argument("flax", type=run_path, help="Flax checkpoint folder (local or gs://)")
+    t.add_argument("out", type=local_path)
     add_overwrite(t)
     t.set_defaults(func=run_to_torch)
 
