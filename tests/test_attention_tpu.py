@@ -86,11 +86,13 @@ def test_kernel_choice_by_length_and_platform():
             trace(AttentionImpl("splash", 256), q, k, v)  # below the threshold: XLA
             trace(SPLASH_128, q, text, text)  # cross-attention to 77 tokens: below the threshold
             trace(AttentionImpl("auto", 128), q, k, v)  # auto on CPU: XLA
-            with attention.interpret():
-                trace(AttentionImpl("auto", 128), q, k, v)  # the interpreter counts as a splash backend
+            with attention.interpret():  # the interpreter counts as a splash backend, but ...
+                trace(AttentionImpl("auto", 128), q, k, v)  # ... a jit over 8 devices without a mesh: XLA
+                with jax.set_mesh(jax.make_mesh((8,), ("data",))):
+                    trace(AttentionImpl("auto", 128), q, k, v)  # under a mesh: splash, per device
             trace("xla", q, k, v)
         trace("xla", q, text, text)
-    assert [c.impl for c in log] == ["splash", "xla", "xla", "xla", "splash", "xla"]
+    assert [c.impl for c in log] == ["splash", "xla", "xla", "xla", "xla", "splash", "xla"]
     assert log[2] == AttentionCall("xla", 128, 77, 2, 40)
     assert outer == log + [AttentionCall("xla", 128, 77, 2, 40)]  # recorders nest
 

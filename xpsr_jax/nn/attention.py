@@ -24,6 +24,7 @@ kernel also does 128/77 = 1.7x the score work. The (4096 x 77) score matrix is s
 same comparison for self-attention gives XLA 6144 MiB vs splash 833 MiB at 4096 tokens (head dim 40), 384 vs 19
 MiB at 1024 (head dim 80) and nothing to save at 256 (head dim 160), hence the default threshold of 1024.
 
+Without a mesh, "auto" uses splash only where the host has a single device (see ``_auto_splash_refusal``).
 The platform: under ``jax.set_mesh`` (how the train step is lowered, also ahead of time for
 a TPU topology on a CPU host) the mesh's devices say the platform; otherwise the default backend does.
 
@@ -124,8 +125,8 @@ def dot_product_attention(
 def _dispatch(q, k, v, policy: AttentionImpl, is_causal: bool) -> tuple[str, jax.Array]:
     if policy.impl in ("auto", "splash") and _splash_by_length(q, k, policy):
         reason = _splash_refusal(q, k, v, is_causal)
-        if reason is None and policy.impl == "auto" and _platform() != "tpu" and not _INTERPRET.get():
-            reason = "not on a TPU"
+        if reason is None and policy.impl == "auto":
+            reason = _auto_splash_refusal()
         if reason is None:
             from xpsr_jax.nn.splash import splash_attention
 
@@ -158,6 +159,19 @@ def _splash_refusal(q, k, v, is_causal: bool) -> str | None:
         return "batch or key lengths disagree"
     if is_causal and q.shape[1] != k.shape[1]:
         return "causal attention needs as many queries as keys"
+    return None
+
+
+def _auto_splash_refusal() -> str | None:
+    """Why "auto" keeps XLA although splash could take the shapes: no TPU, or no mesh on a multi-device host.
+
+    Without a mesh the program's partitioning is unknown at trace time, and XLA cannot partition a Mosaic kernel
+    ("Mosaic kernels cannot be automatically partitioned"); a jit over several devices must set its mesh
+    (``jax.set_mesh``, with flax's logical axis rules for ``batch``) to get splash attention."""
+    if _platform() != "tpu" and not _INTERPRET.get():
+        return "not on a TPU"
+    if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+        return "no mesh set on a multi-device host"
     return None
 
 
