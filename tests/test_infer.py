@@ -11,6 +11,7 @@ import struct
 import zlib
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 from xpsr_jax.data.images import ImageDecodeError
 from xpsr_jax.data.tokenizer import ClipTokenizer
 from xpsr_jax.infer import colorfix, tiling
-from xpsr_jax.infer.denoise import _guided_eps, _tiled_eps
+from xpsr_jax.infer.denoise import Conditions, LatentTiles, _guided_eps, _tiled_eps
 from xpsr_jax.infer.preprocess import ImageTooLargeError, plan_sizes, read_lr_image, to_process_size
 from xpsr_jax.infer.prompts import Prompt, prompt_texts, token_ids
 from xpsr_jax.infer.settings import ADDED_PROMPT, SettingsError, SRSettings
@@ -177,11 +178,10 @@ def test_blending_is_exact_for_a_local_model():
     z = jnp.asarray(rng.normal(size=(2, 21, 18, 4)), jnp.float32)
     cond = jnp.asarray(rng.random((2, 168, 144, 3)), jnp.float32)
     e = jnp.asarray(rng.normal(size=(2, 2, 77, 8)), jnp.float32)
-    args = (None, z, cond, e, e, 951, 4.5, 1.0)
-    whole = _guided_eps(model, *args)
+    conds = Conditions(lr=cond, e_high=e, e_low=e, guidance_scale=4.5, conditioning_scale=1.0)
+    whole = _guided_eps(model, None, z, 951, conds)
     for tile, overlap, batch in ((8, 3, 1), (12, 4, 3), (16, 8, 8)):
-        layout = tiling.blend_layout((21, 18), tile, overlap)
-        tiled = _tiled_eps(model, layout, batch, *args)
+        tiled = _tiled_eps(model, None, z, 951, conds, LatentTiles((21, 18), tile, overlap, batch=batch))
         np.testing.assert_allclose(np.asarray(tiled), np.asarray(whole), rtol=1e-5, atol=1e-5)
 
 
@@ -241,6 +241,22 @@ def test_pipeline_tiled_matches_untiled(pipe):
     diff = np.abs(whole.image.astype(int) - tiled.image.astype(int))
     print("pipeline tiles: mean", diff.mean(), "max", diff.max())
     assert diff.mean() <= 4 and diff.max() <= 32
+
+
+def test_copies_share_compiled_functions_and_leave_the_original_alone(pipe):
+    """with_params / with_settings return new pipelines: the original keeps its weights and settings."""
+    vae_before, text_before, settings_before = pipe.vae.params, pipe.text_params, pipe.settings
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
+    other = pipe.with_params({**zeros(pipe.denoiser_params), "vae": zeros(pipe.vae.params),
+                              "text_encoder": zeros(pipe.text_params)})
+    assert pipe.vae.params is vae_before and pipe.text_params is text_before and other.vae is not pipe.vae
+    assert not np.any(np.asarray(jax.tree.leaves(other.vae.params)[0]))
+    assert np.any(np.asarray(jax.tree.leaves(pipe.vae.params)[0]))
+    assert other._encode_text is pipe._encode_text and other.settings is pipe.settings
+    changed = pipe.with_settings(steps=3, guidance_scale=2.0)
+    assert (changed.settings.steps, changed.settings.guidance_scale) == (3, 2.0)
+    assert pipe.settings is settings_before
+    assert len(changed.sampler.timesteps) == 3 and len(pipe.sampler.timesteps) == settings_before.steps
 
 
 def test_pipeline_is_repeatable_and_sizes_exact(pipe):

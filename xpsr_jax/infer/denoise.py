@@ -8,15 +8,19 @@ prompt), the same latent and the same LR image in both rows (§5.3). Interleavin
 device when the batch is sharded; the networks treat rows independently, so this equals the official
 [all uncond, all cond] layout. eps = eps_u + g * (eps_c - eps_u).
 
-Tiles (§5.4): with a :class:`~xpsr_jax.infer.tiling.BlendLayout`, each window of the latent and its 8x LR crop
-are denoised separately, ``tile_batch`` windows per network call, and the predictions are blended with the
-layout's Gaussian weights.
+Tiles (§5.4): with :class:`LatentTiles`, each window of the latent and its 8x LR crop are denoised separately,
+``batch`` windows per network call, and the predictions are blended with the layout's Gaussian weights.
+
+What steers the calls travels as one :class:`Conditions` (a NamedTuple, hence a pytree that crosses ``jit`` as one
+argument); the tile settings are a hashable :class:`LatentTiles`, a static choice that selects the program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,25 +32,57 @@ from xpsr_jax.infer.tiling import BlendLayout, blend_layout
 from xpsr_jax.models.xpsr import XPSR
 
 
-def _guided_eps(model: XPSR, params, z, cond, e_high, e_low, t, guidance, cscale):
-    """z (N,h,w,4), cond (N,8h,8w,3), e_high/e_low (N,2,77,D) [neg, pos] -> guided eps (N,h,w,4) float32."""
+class Conditions(NamedTuple):
+    """What steers every denoiser call of one image batch (B images).
+
+    lr (B,8h,8w,3): the LR image in [0,1], the ControlNet's condition; e_high, e_low (B,2,77,D): the
+    [negative, positive] high- and low-level text embeddings; guidance_scale, conditioning_scale: float32 scalars
+    (CFG weight g, ControlNet residual scale).
+    """
+
+    lr: jax.Array
+    e_high: jax.Array
+    e_low: jax.Array
+    guidance_scale: jax.Array
+    conditioning_scale: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentTiles:
+    """Denoiser tiles over a latent of ``latent_hw`` (h, w): windows of side ``tile`` overlapping by ``overlap``,
+    ``batch`` windows per network call; ``official_weights`` picks the official Gaussian (see
+    :func:`~xpsr_jax.infer.tiling.gaussian_weights`). Hashable: one compiled loop per distinct value."""
+
+    latent_hw: tuple[int, int]
+    tile: int
+    overlap: int
+    official_weights: bool = False
+    batch: int = 1
+
+    def layout(self) -> BlendLayout:
+        return blend_layout(self.latent_hw, self.tile, self.overlap, self.official_weights)
+
+
+def _guided_eps(model: XPSR, params, z, t, conds: Conditions):
+    """z (N,h,w,4) at timestep t, ``conds`` for N images -> guided eps (N,h,w,4) float32."""
     n = z.shape[0]
     zz = jnp.repeat(z, 2, axis=0)
-    cc = jnp.repeat(cond, 2, axis=0)
-    eh = e_high.reshape(2 * n, *e_high.shape[2:])
-    el = e_low.reshape(2 * n, *e_low.shape[2:])
+    cc = jnp.repeat(conds.lr, 2, axis=0)
+    eh = conds.e_high.reshape(2 * n, *conds.e_high.shape[2:])
+    el = conds.e_low.reshape(2 * n, *conds.e_low.shape[2:])
     tt = jnp.full((2 * n,), t, jnp.float32)
-    eps, _ = model.denoise(params, zz, tt, eh, el, cc, cscale)
+    eps, _ = model.denoise(params, zz, tt, eh, el, cc, conds.conditioning_scale)
     eps = eps.astype(jnp.float32).reshape(n, 2, *eps.shape[1:])
-    return eps[:, 0] + guidance * (eps[:, 1] - eps[:, 0])
+    return eps[:, 0] + conds.guidance_scale * (eps[:, 1] - eps[:, 0])
 
 
-def _tiled_eps(model: XPSR, layout: BlendLayout, tile_batch: int, params, z, cond, e_high, e_low, t, guidance,
-               cscale):
-    """The guided eps of the whole latent from overlapping windows, blended with Gaussian weights."""
+def _tiled_eps(model: XPSR, params, z, t, conds: Conditions, tiles: LatentTiles):
+    """The guided eps of the whole latent z (B,h,w,4) from overlapping windows, blended with Gaussian weights."""
+    layout = tiles.layout()
     b, h, w, c = z.shape
     th, tw = layout.tile
-    k = max(1, min(tile_batch, layout.count))
+    cond = conds.lr
+    k = max(1, min(tiles.batch, layout.count))
     chunks = math.ceil(layout.count / k)
     offsets = np.array(layout.offsets + (layout.offsets[-1],) * (chunks * k - layout.count), np.int32)
     valid = (np.arange(chunks * k) < layout.count).astype(np.float32)
@@ -62,8 +98,9 @@ def _tiled_eps(model: XPSR, layout: BlendLayout, tile_batch: int, params, z, con
         offs, ok = args
         zt, ct = jax.vmap(windows)(offs)  # (k, B, th, tw, c), (k, B, 8th, 8tw, 3)
         rep = lambda a: jnp.broadcast_to(a[None], (k, *a.shape)).reshape(k * b, *a.shape[1:])  # noqa: E731
-        eps = _guided_eps(model, params, zt.reshape(k * b, th, tw, c), ct.reshape(k * b, *ct.shape[2:]),
-                          rep(e_high), rep(e_low), t, guidance, cscale)
+        window_conds = conds._replace(lr=ct.reshape(k * b, *ct.shape[2:]), e_high=rep(conds.e_high),
+                                      e_low=rep(conds.e_low))
+        eps = _guided_eps(model, params, zt.reshape(k * b, th, tw, c), t, window_conds)
         return eps.reshape(k, b, th, tw, c) * weights * ok[:, None, None, None, None]
 
     preds = jax.lax.map(chunk, (offsets.reshape(chunks, k, 2), valid.reshape(chunks, k)))
@@ -80,25 +117,25 @@ def _tiled_eps(model: XPSR, layout: BlendLayout, tile_batch: int, params, z, con
     return acc * jnp.asarray(layout.norm)[None, :, :, None]
 
 
-def build_loop(model: XPSR, sampler: Sampler, layout: BlendLayout | None = None, tile_batch: int = 1):
-    """A jitted ``loop(params, z, cond, e_high, e_low, step_keys, guidance, cscale) -> z_0``.
+def build_loop(model: XPSR, sampler: Sampler, tiles: LatentTiles | None = None):
+    """A jitted ``loop(params, z, conds, step_keys) -> z_0``.
 
-    z (B,h,w,4) float32 start latent; cond (B,8h,8w,3) LR image in [0,1]; e_high, e_low (B,2,77,D) [neg, pos];
-    step_keys (B,) keys of the STEPS role (:mod:`xpsr_jax.infer.noise`); guidance, cscale: float32 scalars.
+    z (B,h,w,4) float32 start latent; conds: :class:`Conditions` of the B images; step_keys (B,) keys of the
+    STEPS role (:mod:`xpsr_jax.infer.noise`); ``tiles`` None denoises the whole latent.
     Returns the final latent (B,h,w,4) float32 (scaled, i.e. what the VAE decodes after / scaling_factor).
     """
     timesteps = jnp.asarray(sampler.timesteps, jnp.int32)
     indices = jnp.arange(len(sampler.timesteps), dtype=jnp.int32)
 
-    def loop(params, z, cond, e_high, e_low, step_keys, guidance, cscale):
-        cond = cond.astype(model.dtype or jnp.float32)
-        e_high = e_high.astype(model.dtype or jnp.float32)
-        e_low = e_low.astype(model.dtype or jnp.float32)
+    def loop(params, z, conds: Conditions, step_keys):
+        dtype = model.dtype or jnp.float32
+        conds = conds._replace(lr=conds.lr.astype(dtype), e_high=conds.e_high.astype(dtype),
+                               e_low=conds.e_low.astype(dtype))
 
         def eps_fn(zc, t):
-            if layout is None:
-                return _guided_eps(model, params, zc, cond, e_high, e_low, t, guidance, cscale)
-            return _tiled_eps(model, layout, tile_batch, params, zc, cond, e_high, e_low, t, guidance, cscale)
+            if tiles is None:
+                return _guided_eps(model, params, zc, t, conds)
+            return _tiled_eps(model, params, zc, t, conds, tiles)
 
         def body(carry, xs):
             zc, state = carry
@@ -115,11 +152,6 @@ def build_loop(model: XPSR, sampler: Sampler, layout: BlendLayout | None = None,
 
 
 @functools.lru_cache(maxsize=16)
-def cached_loop(model: XPSR, sampler: str, steps: int, eta: float, tiles: tuple | None = None,
-                tile_batch: int = 1):
-    """:func:`build_loop` memoised on hashable arguments, so pipelines that share a model share its compiles.
-
-    tiles: None (whole latent) or (latent (h, w), tile side, overlap, official_weights) for a BlendLayout.
-    """
-    layout = None if tiles is None else blend_layout(*tiles)
-    return build_loop(model, make_sampler(sampler, steps, eta=eta), layout, tile_batch)
+def cached_loop(model: XPSR, sampler: str, steps: int, eta: float, tiles: LatentTiles | None = None):
+    """:func:`build_loop` memoised on hashable arguments, so pipelines that share a model share its compiles."""
+    return build_loop(model, make_sampler(sampler, steps, eta=eta), tiles)

@@ -14,6 +14,7 @@ at the sampler's first timestep and again at ``added_noise_level``) -> the jitte
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import time
@@ -30,7 +31,7 @@ from xpsr_jax.data.tokenizer import ClipTokenizer
 from xpsr_jax.diffusion import faithful_start_latent, make_sampler
 from xpsr_jax.infer import noise
 from xpsr_jax.infer.colorfix import color_fix
-from xpsr_jax.infer.denoise import cached_loop
+from xpsr_jax.infer.denoise import Conditions, LatentTiles, cached_loop
 from xpsr_jax.infer.preprocess import SizePlan, plan_sizes, to_output_size, to_process_size
 from xpsr_jax.infer.prompts import Prompt, PromptTexts, prompt_texts, token_ids
 from xpsr_jax.infer.settings import SRSettings
@@ -148,10 +149,7 @@ class SRPipeline:
     def with_params(self, params: dict) -> "SRPipeline":
         """The same pipeline (settings, compiled functions) with other weights of the same shapes, e.g. the
         current weights of a training run."""
-        import copy
-
-        new = object.__new__(SRPipeline)
-        new.__dict__.update(self.__dict__)
+        new = copy.copy(self)  # shares the compiled functions, the tokenizer and the settings
         compute = jnp.bfloat16 if self.settings.dtype == "bfloat16" else None
         den = {"unet": params["unet"], "controlnet": params["controlnet"]}
         new.denoiser_params = jax.tree.map(lambda a: jnp.asarray(a, compute), den)
@@ -164,8 +162,7 @@ class SRPipeline:
     def with_settings(self, **changes) -> "SRPipeline":
         """A pipeline with changed settings that shares this one's parameters (no reload, new compiles only
         where shapes or static choices change)."""
-        new = object.__new__(SRPipeline)
-        new.__dict__.update(self.__dict__)
+        new = copy.copy(self)
         new.settings = self.settings.replace(**changes)
         if new.settings.dtype != self.settings.dtype or new.settings.attention_impl != self.settings.attention_impl:
             raise ValueError("dtype and attention_impl need a new pipeline (from_pretrained)")
@@ -269,8 +266,10 @@ class SRPipeline:
                         from_noise=s.start_from_noise)
         loop = self._loop(tile_plan, (h, w))
         params = self._replicate(sharded)
-        z0 = loop(params, z, put(cond), put(e_high), put(e_low), put(noise.role(keys, noise.STEPS)),
-                  jnp.float32(s.guidance_scale), jnp.float32(s.conditioning_scale))
+        conds = Conditions(lr=put(cond), e_high=put(e_high), e_low=put(e_low),
+                           guidance_scale=jnp.float32(s.guidance_scale),
+                           conditioning_scale=jnp.float32(s.conditioning_scale))
+        z0 = loop(params, z, conds, put(noise.role(keys, noise.STEPS)))
         lap("denoise", z0)
         decoded = self.vae.decode(z0 / jnp.float32(self.vae_config.scaling_factor), vae_layout)
         pixels = decoded_to_uint8(lap("vae_decode", decoded))
@@ -292,8 +291,9 @@ class SRPipeline:
         s = self.settings
         tiles = None
         if tile_plan.latent_tile is not None:
-            tiles = (latent_hw, tile_plan.latent_tile, s.latent_tile_overlap, s.official_tile_weights)
-        return cached_loop(self.model, s.sampler, s.steps, float(s.eta), tiles, tile_plan.tile_batch)
+            tiles = LatentTiles(latent_hw, tile_plan.latent_tile, s.latent_tile_overlap, s.official_tile_weights,
+                                tile_plan.tile_batch)
+        return cached_loop(self.model, s.sampler, s.steps, float(s.eta), tiles)
 
     def _mesh(self) -> Mesh:
         return Mesh(np.array(jax.local_devices()), ("batch",))
