@@ -70,7 +70,8 @@ def _per_device(q: jax.Array, k: jax.Array, v: jax.Array, is_causal: bool, inter
     tk = k.shape[1]
     pq, pk = padded_length(tq), padded_length(tk)
     kernel = _kernel(n, pq, pk, is_causal, interpret)
-    q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)  # the kernel applies no softmax scale
+    # The kernel applies no softmax scale. Scaling in fp32 rounds q once (in bf16) instead of also rounding the scale.
+    q = (q.astype(jnp.float32) * (1.0 / math.sqrt(d))).astype(q.dtype)
 
     def heads_first(x, length):  # (b, t, n, d) -> (b, n, length, d), zero-padded tokens
         x = jnp.swapaxes(x, 1, 2)
