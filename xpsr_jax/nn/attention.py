@@ -5,28 +5,30 @@ The kernel is chosen per call, at trace time, from an ``AttentionImpl`` (or just
 - ``"auto"``: on TPU, Pallas splash attention (``xpsr_jax.nn.splash``) for the calls it takes, XLA for the rest;
   on GPU, cuDNN flash attention where it accepts the shapes, XLA otherwise; XLA on CPU.
 - ``"splash"``: require splash attention wherever the length rule below sends a call to it; a call there that it
-  cannot take (integer inputs, unequal heads or head dims, rectangular causal attention) raises, naming the shape. The platform is not checked while
-  tracing (parameter shapes are traced on the host, and a TPU program may be lowered ahead of time on a CPU
-  host): lowering a splash call for a CPU or GPU without ``interpret()`` fails in Pallas.
+  cannot take (integer inputs, unequal heads or head dims, rectangular causal attention) raises, naming the
+  shape. The platform is not checked while tracing (parameter shapes are traced on the host, and a TPU program
+  may be lowered ahead of time on a CPU host): lowering a splash call for CPU or GPU without ``interpret()``
+  fails in Pallas.
 - ``"cudnn"``: require cuDNN (it fails if it refuses); ``"xla"``: the portable kernel everywhere.
 
 Which calls go to splash: those whose query *and* key lengths are both at least ``splash_min_length`` (the
 config's ``model.splash_min_length``), i.e. the large self-attentions; the rest stay on XLA. For SD1.5 at 512 px
 the self-attention lengths are 4096, 1024, 256 and 64 tokens (head dims 40, 80, 160, 160). The XLA path
-materialises the (B, N, Tq, Tk) score matrix and its gradient — at 4096 tokens about 0.75 GiB of temporaries per
-image for forward and backward — while splash keeps scores in VMEM tiles; below ~1024 tokens the matrix is small.
+materialises the (B, N, Tq, Tk) score matrix and its gradient, splash keeps scores in VMEM tiles. Compiled ahead
+of time for a v5e chip (forward + backward, bf16, 8 images per chip, 8 heads), the temporaries are: XLA 6144 MiB
+vs splash 833 MiB at 4096 tokens (head dim 40), 384 vs 19 MiB at 1024 (head dim 80), nothing either way at 256
+(head dim 160); hence the default threshold of 1024.
 
-Cross-attention to the 77 text tokens stays on XLA (77 is far below the threshold). Splash could take it (kv padded to 128 and the padding hidden
-with segment ids; ``xpsr_jax.nn.splash`` does this and the tests check it), but compiled ahead of time for a v5e
-chip (forward + backward, bf16, 8 images per chip, 4096 queries, 8 heads of 40, 77 keys) XLA needs 40 MiB of
-temporaries and splash 196 MiB (the padded, head-major copies of q, k, v and their gradients), while the padded
-kernel also does 128/77 = 1.7x the score work. The (4096 x 77) score matrix is small; (4096 x 4096) is not: the
-same comparison for self-attention gives XLA 6144 MiB vs splash 833 MiB at 4096 tokens (head dim 40), 384 vs 19
-MiB at 1024 (head dim 80) and nothing to save at 256 (head dim 160), hence the default threshold of 1024.
+Cross-attention to the 77 text tokens stays on XLA (77 is far below the threshold). Splash could take it (keys
+padded to 128, the padding hidden with segment ids; ``xpsr_jax.nn.splash`` does this and the tests check it), but
+compiled the same way (4096 queries, 8 heads of 40, 77 keys) XLA needs 40 MiB of temporaries and splash 444 MiB,
+and the padded kernel does 128/77 = 1.7x the score work (XLA's cost model cannot see inside a splash kernel, so
+there is no time estimate to weigh against that): a (4096 x 77) score matrix is small, nothing is saved.
+``bench/bench_attention_tpu.py`` repeats these compiles (``bench/results/attention-tpu-v5e.jsonl``).
 
-Without a mesh, "auto" uses splash only where the host has a single device (see ``_auto_splash_refusal``).
-The platform: under ``jax.set_mesh`` (how the train step is lowered, also ahead of time for
-a TPU topology on a CPU host) the mesh's devices say the platform; otherwise the default backend does.
+The platform: under ``jax.set_mesh`` (how the train step is lowered, also ahead of time for a TPU topology on a
+CPU host) the mesh's devices say it; otherwise the default backend does. Without a mesh, "auto" uses splash only
+on a single-device host: XLA cannot partition a Mosaic kernel over devices (see ``_auto_splash_refusal``).
 
 ``recording()`` collects, at trace time, which kernel each attention call got (for compile reports);
 ``interpret()`` makes splash run through the Pallas interpreter so that CPU tests exercise it.
