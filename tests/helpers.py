@@ -10,6 +10,17 @@ from xpsr_jax import testing
 TINY_UNET = testing.UNET  # diffusers' UNet2DConditionModel takes the preset's fields as they are
 
 
+def tiny_train_config(steps: int = 4, mesh=testing.MESH_8):
+    """``--config tiny`` on the 8-device test mesh, ``steps`` steps, a checkpoint every 2."""
+    from xpsr_jax.configs import tiny
+
+    c = tiny.get_config()
+    c.mesh.shape = mesh
+    c.num_train_steps = steps
+    c.checkpoint_every = 2
+    return c
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.06) -> torch.nn.Module:
     """Every tensor random, norms around 1, so no zero-init layer hides a wiring mistake."""
     g = torch.Generator().manual_seed(seed)

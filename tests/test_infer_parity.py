@@ -61,10 +61,18 @@ def test_pipeline_matches_torch_reference(tiny_ckpt):
     rel = np.abs(got - want).max() / np.abs(want).max()
     print("latent rel err", rel)
     assert rel < 1e-4
-    for name, a, b in (("decoded", res.extras["decoded"], out["decoded"]), ("adain", None, out["image"])):
-        if a is None:
-            from xpsr_jax.infer.colorfix import adain_color_fix
-            a = adain_color_fix(res.extras["decoded"], res.extras["processed"])
+    from xpsr_jax.infer.colorfix import adain_color_fix
+    from xpsr_jax.infer.preprocess import to_output_size
+
+    # The colour fix is compared on the same decoded image: AdaIN scales each channel by std(reference) /
+    # std(decoded), which for a random tiny model can exceed 1, so a 1-level difference of the decoded images
+    # would come out as 2 or more levels of the final ones, a property of the model, not of either pipeline.
+    stretch = res.extras["processed"].reshape(-1, 3).std(0) / np.maximum(out["decoded"].reshape(-1, 3).std(0), 1e-6)
+    print("AdaIN stretch per channel", stretch)
+    assert np.array_equal(res.image, to_output_size(adain_color_fix(res.extras["decoded"], res.extras["processed"]),
+                                                    res.plan))
+    for name, a, b in (("decoded", res.extras["decoded"], out["decoded"]),
+                       ("adain", adain_color_fix(out["decoded"], res.extras["processed"]), out["image"])):
         diff = np.abs(a.astype(int) - b.astype(int))
         print(name, diff.max(), (diff > 0).mean())
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01

@@ -201,9 +201,12 @@ def run(args) -> int:
 
 def _compilation_cache(folder: Path) -> None:
     """Keep compiled XLA programs on disk: a second demo run (or a --keep rerun with other settings) skips most
-    of the minutes of compiling. The folder survives reruns; delete it freely."""
+    of the minutes of compiling. The folder survives reruns; delete it freely. A cache the environment already
+    names (``JAX_COMPILATION_CACHE_DIR``, e.g. the test run's, shared by all its processes) is kept."""
     import jax
 
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
     jax.config.update("jax_compilation_cache_dir", str(folder.resolve()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
@@ -258,7 +261,8 @@ def _summary(p, total: float) -> None:
         ("super-resolved", f"{_rel(p.sr)}/ (PNG + JSON with settings and prompts); bicubic: {_rel(p.bicubic)}/"),
         ("report", f"{_rel(p.report)}/index.html, results.md, results.csv, results.json"),
         ("stage times", _rel(p.root / STATE_FILE)),
-        ("compile cache", f"{_rel(p.root / CACHE_DIR)}/ (a second run compiles less; safe to delete)"),
+        ("compile cache", f"{_rel(Path(os.environ.get('JAX_COMPILATION_CACHE_DIR') or p.root / CACHE_DIR))}/ "
+                          "(a second run compiles less; safe to delete)"),
     ]
     print(f"\ndemo finished in {total:.0f} s. Outputs:")
     width = max(len(k) for k, _ in rows)

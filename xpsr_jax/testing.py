@@ -7,7 +7,7 @@ MLP width 37 is odd on purpose: a transposed kernel cannot hide behind a square 
 
 Why one preset: XLA compiles a program once per distinct program, and the test run shares one compilation cache
 across its processes (``tests/conftest.py``). The training tests, the multi-process runs and the demo all train
-this model at ``RESOLUTION`` px with ``GLOBAL_BATCH`` images on the ``MESH_8`` mesh, so the step they compile is the
+this model at ``RESOLUTION`` px with ``GLOBAL_BATCH`` images on the ``MESH_8`` mesh (``--config tiny`` has these shapes), so the step they compile is the
 same program, compiled once. The official fixture (``shared/fixtures/official-tiny``) has two layers per block: the
 tests of it read its own config.json.
 """
@@ -44,14 +44,3 @@ def text_config():
     from xpsr_jax.models.clip_text import ClipTextConfig
 
     return ClipTextConfig(**TEXT)
-
-
-def train_config(steps: int = 4, mesh=MESH_8):
-    """``--config tiny`` on the 8-device test mesh, ``steps`` steps, a checkpoint every 2."""
-    from xpsr_jax.configs import tiny
-
-    c = tiny.get_config()
-    c.mesh.shape = mesh
-    c.num_train_steps = steps
-    c.checkpoint_every = 2
-    return c
