@@ -163,7 +163,14 @@ def run(args) -> int:
         from xpsr_jax.errors import UsageError
 
         raise UsageError("--workdir is required (unless --compile-only)")
-    config = load_config(args.config, getattr(args, "config_overrides", []))
+    try:
+        config = load_config(args.config, getattr(args, "config_overrides", []))
+    except SystemExit as e:
+        if isinstance(e.code, str):  # an unknown config or a bad override: one line, like every usage error
+            from xpsr_jax.errors import UsageError
+
+            raise UsageError(e.code) from None
+        raise
     if args.compile_only:  # plans a TPU slice: no data, no checkpoint, no other hosts
         return run_plan(args, config)
     try:
