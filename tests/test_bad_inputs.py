@@ -362,6 +362,8 @@ ROWS = [
      r"OUT .*notes.txt exists and is not a caption store"),
     ("caption-import-into-image", ["caption", "--import-official", "{tmp}/set", "{tmp}/photos/a.png"],
      official_prompts_and_photo, 2, r"OUT .*a.png exists and is not a caption store"),
+    ("caption-merge-into-image", ["caption", "--merge", "{tmp}/photos/a.png"], photos, 2,
+     r"OUT .*a.png exists and is not a caption store"),
     ("caption-batch-zero", ["caption", "{tmp}/photos", "{tmp}/c.jsonl", "--batch-size", "0"], photos, 2,
      r"argument --batch-size: '0' must be a positive integer"),
     ("caption-import-not-utf8", ["caption", "--import-official", "{tmp}/set", "{tmp}/c.jsonl"],

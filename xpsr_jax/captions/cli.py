@@ -214,6 +214,7 @@ def _run_merge(out: Path) -> int:
     shards = shard_paths(out)
     if not shards and not out.is_file():
         return _error(f"no caption store or shard files at {out}")
+    _check_out(out, [])  # merging rewrites OUT: never a folder or a file that is not a caption store
     count = merge_shards(out)
     print(f"merged {len(shards)} shard files into {out} ({count} records)")
     return 0
