@@ -549,3 +549,18 @@ def test_caption_store_drops_a_torn_last_line_on_resume(tmp_path):
         assert "a" in store and "b" not in store
         store.add({"id": "c", "highlevel": "a dog"})
     assert [r["id"] for r in read_records(path)] == ["a", "c"]
+
+
+def test_atomic_target_renames_only_a_finished_file(tmp_path):
+    from xpsr_jax.files import atomic_target
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"old")
+    with pytest.raises(OSError):
+        with atomic_target(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError("disk full")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]

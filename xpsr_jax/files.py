@@ -8,6 +8,8 @@ them, so a non-finite number is an error that names where it sits (``settings.gu
     >>> atomic_write_json("out/photo.json", {"psnr": 27.1})
     >>> with atomic_open("out/photo.png", "wb") as f:
     ...     image.save(f, format="PNG")
+    >>> with atomic_target("out/model.safetensors") as tmp:   # writers that want a file name
+    ...     save_file(tensors, str(tmp))
 
 Folders written as a whole (Flax checkpoints, orbax steps) are staged and renamed by their own writers.
 """
@@ -52,6 +54,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for writers that take a file name (safetensors, ArrayRecord); renamed to
+    ``path`` when the ``with`` block ends without error, removed otherwise."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as save_tensors
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xpsr_jax.torch_ref import config as C
 from xpsr_jax.torch_ref.models import XPSRControlNet, XPSRUNet
 from xpsr_jax.errors import XPSRError
-from xpsr_jax.files import atomic_write_bytes, atomic_write_json
+from xpsr_jax.files import atomic_target, atomic_write_json
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
@@ -91,8 +90,8 @@ def save_official(unet: XPSRUNet, controlnet: XPSRControlNet, out_dir: str | os.
         folder = root / kind
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-        # each file appears whole or not at all
-        atomic_write_bytes(folder / SAFETENSORS_NAME, save_tensors(tensors, metadata={"format": "pt"}))
+        with atomic_target(folder / SAFETENSORS_NAME) as tmp:  # each file appears whole or not at all
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         atomic_write_json(folder / CONFIG_NAME, dict(model.config), sort_keys=True)
     return root
 

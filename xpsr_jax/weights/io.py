@@ -78,11 +78,12 @@ def write_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathL
     """Atomic write: a crash leaves either the old file or the new one, never half a file."""
     from safetensors.numpy import save_file
 
+    from xpsr_jax.files import atomic_target
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp), metadata=metadata)
 
 
 def find_weight_file(folder: str | os.PathLike) -> Path:
