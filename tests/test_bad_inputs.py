@@ -512,32 +512,6 @@ def test_sr_output_names_keep_dotted_stems(tmp_path):
     assert outs == ["photo.v1.json", "photo.v1.png", "photo.v2.json", "photo.v2.png"]
 
 
-def test_atomic_json_refuses_nan_naming_the_key_and_keeps_the_old_file(tmp_path):
-    from xpsr_jax.files import NonFiniteJSONError, atomic_write_json
-
-    path = tmp_path / "report.json"
-    atomic_write_json(path, {"ok": 1})
-    with pytest.raises(NonFiniteJSONError, match=r"settings.guidance_scale is nan"):
-        atomic_write_json(path, {"settings": {"guidance_scale": float("nan")}})
-    with pytest.raises(NonFiniteJSONError, match=r"rows\[1\].psnr is inf"):
-        atomic_write_json(path, {"rows": [{"psnr": 1.0}, {"psnr": float("inf")}]})
-    assert json.loads(path.read_text()) == {"ok": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
-
-
-def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
-    from xpsr_jax.files import atomic_open
-
-    path = tmp_path / "image.png"
-    path.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_open(path, "wb") as f:
-            f.write(b"half a new ")
-            raise RuntimeError("killed")
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]
-
-
 def test_caption_store_drops_a_torn_last_line_on_resume(tmp_path):
     """An append-only store is safe as it is: a line cut short by a crash is dropped when the store is reopened,
     and the next record starts on a line of its own."""
@@ -549,18 +523,3 @@ def test_caption_store_drops_a_torn_last_line_on_resume(tmp_path):
         assert "a" in store and "b" not in store
         store.add({"id": "c", "highlevel": "a dog"})
     assert [r["id"] for r in read_records(path)] == ["a", "c"]
-
-
-def test_atomic_target_renames_only_a_finished_file(tmp_path):
-    from xpsr_jax.files import atomic_target
-
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(b"old")
-    with pytest.raises(OSError):
-        with atomic_target(path) as tmp:
-            tmp.write_bytes(b"half")
-            raise OSError("disk full")
-    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
-    with atomic_target(path) as tmp:
-        tmp.write_bytes(b"new")
-    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
