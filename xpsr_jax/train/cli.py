@@ -124,6 +124,9 @@ def check_config(config) -> None:
     for key, value in _float_leaves(config.to_dict()):
         if not math.isfinite(value):  # a NaN learning rate or loss weight would only show as a NaN loss later
             raise UsageError(f"config.{key}={value!r}: must be a finite number")
+    prob = config.data.get("hr_condition_prob")
+    if prob is not None and not 0 <= prob <= 1:
+        raise UsageError(f"config.data.hr_condition_prob={prob!r}: must be a probability in [0, 1]")
     if config.init_from and not (Path(config.init_from) / "xpsr.json").is_file():
         raise UsageError(f"config.init_from={config.init_from!r}: not a Flax checkpoint folder (no xpsr.json; "
                          "write one with xpsr-jax convert)")
