@@ -259,6 +259,7 @@ def failed_json_lists(name: str):
 
 def not_marked_complete(t: Path) -> None:
     assert not list((t / "pairs").rglob("dataset_info.json"))
+    assert not list((t / "pairs").rglob("*.array_record"))  # no empty shard a rerun would take as finished
     assert json.loads((t / "pairs" / "summary.json").read_text())["dataset_complete"] is False
 
 
@@ -526,3 +527,15 @@ def test_caption_store_drops_a_torn_last_line_on_resume(tmp_path):
         assert "a" in store and "b" not in store
         store.add({"id": "c", "highlevel": "a dog"})
     assert [r["id"] for r in read_records(path)] == ["a", "c"]
+
+
+def test_make_data_redoes_a_run_that_wrote_nothing(tmp_path, capsys):
+    """Every image skipped leaves no empty shard behind, so the same command, once the images are fixed, writes
+    the pairs instead of taking the empty shards as finished."""
+    corrupt_hr_images(tmp_path)
+    argv = ["make-data", str(tmp_path / "hr"), str(tmp_path / "pairs"), "--crop-size", "64", "--no-progress"]
+    assert main(argv) == 1
+    _png(tmp_path / "hr" / "0.png", 64)  # the user replaces a broken file
+    assert main(argv) == 0
+    assert "1 pairs written, 1 skipped" in capsys.readouterr().out
+    assert list((tmp_path / "pairs").rglob("dataset_info.json"))

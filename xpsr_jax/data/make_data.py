@@ -295,6 +295,9 @@ def make_data(cfg: MakeDataConfig) -> dict:
     _write_json(_summary_path(out, cfg), summary)
     summary["summary_file"] = str(_summary_path(out, cfg))
     if totals.written == 0 and mine:
+        for s in mine:  # empty shards are no finished work: a rerun (after fixing the images) redoes them
+            (folder / name(s)).unlink(missing_ok=True)
+            (out / STATS_DIR / f"{name(s)}.json").unlink(missing_ok=True)
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(totals.skipped.items())) or "no pair was written"
         raise NothingDoneError(f"0 pairs written from {source.describe()}: every image was skipped ({reasons}); "
                                f"see {summary['summary_file']}")
