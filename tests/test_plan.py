@@ -110,8 +110,14 @@ def test_batch_search_doubles_then_bisects():
 TINY = ["--config", "tiny", "--config.model.unet.layers_per_block=1", "--config.data.resolution=64"]
 
 
-def run_plan(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
+@pytest.fixture(scope="module")
+def plan_cache(tmp_path_factory):
+    """An empty plan cache, so that the CLI tests compile."""
+    return tmp_path_factory.mktemp("tpu-plans")
+
+
+def run_plan(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu", "XPSR_PLAN_CACHE_DIR": str(cache)}
     return subprocess.run([sys.executable, "-m", "xpsr_jax.cli", "train", *TINY, "--compile-only", *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
 
@@ -121,8 +127,8 @@ def json_lines(stdout: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def fitting_plan():
-    return run_plan("--topology", "v5e-4", "--per-chip-batch", "1")
+def fitting_plan(plan_cache):
+    return run_plan("--topology", "v5e-4", "--per-chip-batch", "1", cache=plan_cache)
 
 
 @pytest.mark.tpu
@@ -146,12 +152,36 @@ def test_tiny_step_fits_a_v5e_slice(fitting_plan):
 
 @pytest.mark.tpu
 @needs_libtpu
-def test_impossible_batch_does_not_fit_and_names_the_remedy():
+def test_impossible_batch_does_not_fit_and_names_the_remedy(plan_cache):
     """512 px and 64 images per chip: the score matrices of the 4096-token self-attention alone exceed a v5e chip."""
-    res = run_plan("--topology", "v5e-1", "--per-chip-batch", "64", "--config.data.resolution=512")
+    res = run_plan("--topology", "v5e-1", "--per-chip-batch", "64", "--config.data.resolution=512", cache=plan_cache)
     assert res.returncode == EXIT_DOES_NOT_FIT, res.stderr[-3000:]
     [line] = json_lines(res.stdout)
     assert line["fits"] is False
     need = line["bytes_per_chip"]["peak"] if "bytes_per_chip" in line else line["oom"]["required_bytes"]
     assert need > line["hbm_bytes"]
     assert "does not fit" in res.stderr and "smaller batch" in res.stderr and "remat" in res.stderr
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_a_program_planned_before_is_not_compiled_again(tmp_path, monkeypatch):
+    """JAX's persistent cache cannot load compile-only executables; the plan cache keeps the compiler's figures."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from xpsr_jax.train.plan import compile_for_slice
+
+    monkeypatch.setenv("XPSR_PLAN_CACHE_DIR", str(tmp_path))
+    topo = parse("v5e-4")
+    mesh = Mesh(np.array(topo.devices()), ("data",))
+    x = jax.ShapeDtypeStruct((512, 256), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+    fn = jax.jit(lambda a: jnp.tanh(a @ a.T).sum(0))
+    first = compile_for_slice(lambda: fn.lower(x), topo.topology_name)
+    again = compile_for_slice(lambda: fn.lower(x), topo.topology_name)
+    other = compile_for_slice(lambda: fn.lower(x), "v5e:2x4")  # another slice: compiled
+    assert (first.cached, again.cached, other.cached) == (False, True, False)
+    assert again.memory == first.memory and again.memory.peak > 0
+    assert again.collectives == first.collectives

@@ -71,7 +71,7 @@ def plan_denoise(topology: str | Topology, batch: int, process: int = 512, *, un
         with jax.set_mesh(mesh):
             return loop.lower(*args)
 
-    result = compile_for_slice(lower)
+    result = compile_for_slice(lower, repr(topology.describe_kwargs()))
     report = fit_report("denoise", config_name, topology, mesh, per_chip if tiles is None else 1, images, result)
     report.extra |= {"process_px": process, "latent": [h, w], "steps": settings.steps, "dtype": settings.dtype,
                     "latent_tile": tile_plan.latent_tile, "tile_batch": tile_plan.tile_batch}

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from xpsr_jax.train import hlo_stats
+from xpsr_jax.train import hlo_stats, plan_cache
 from xpsr_jax.train.tpu_topology import GIB, Topology, parse
 
 
@@ -146,29 +146,49 @@ def parse_oom(message: str) -> dict | None:
 
 @dataclasses.dataclass
 class CompileResult:
-    compiled: Any | None
+    """What the compiler said about one program on one chip (or what it said last time: ``cached``)."""
+
+    memory: ChipMemory | None  # None when it refused the program for its size (then ``oom``)
+    oom: dict | None
+    collectives: dict[str, dict[str, int]]
+    hlo: dict[str, int]  # program size
+    optimal_seconds: float | None
+    attention: dict[str, int]
     lower_seconds: float
     compile_seconds: float
-    attention: dict[str, int]
-    oom: dict | None
     compile_cpu_seconds: float  # the compiler's CPU time (all threads): comparable on a host shared with others
+    cached: bool = False
 
 
-def compile_for_slice(lower: Callable[[], Any]) -> CompileResult:
-    """Lower (counting attention kernels) and compile; a too-large program comes back as ``oom``, not an error."""
+def compile_for_slice(lower: Callable[[], Any], target: str) -> CompileResult:
+    """Lower (counting attention kernels) and compile for ``target`` (the slice, for the plan cache); a
+    too-large program comes back as ``oom``, not an error. A program planned before is not compiled again."""
     t0 = time.perf_counter()
     with count_attention_kernels() as counts:
         lowered = lower()
+    attention, lower_seconds = dict(sorted(counts.items())), time.perf_counter() - t0
+    key = plan_cache.program_key(lowered.as_text(), target)
+    if (hit := plan_cache.load(key)) is not None:
+        memory = ChipMemory(**hit.pop("memory")) if hit.get("memory") else None
+        hit.pop("memory", None)
+        return CompileResult(memory=memory, attention=attention, lower_seconds=lower_seconds, cached=True, **hit)
     t1, cpu1 = time.perf_counter(), time.process_time()
+    memory = compiled = oom = None
     try:
-        compiled, oom = lowered.compile(), None
+        compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - JaxRuntimeError; only RESOURCE_EXHAUSTED is an answer, the rest re-raises
         oom = parse_oom(str(e))
         if oom is None:
             raise
-        compiled = None
-    return CompileResult(compiled, t1 - t0, time.perf_counter() - t1, dict(sorted(counts.items())), oom,
-                         time.process_time() - cpu1)
+    figures: dict[str, Any] = {"oom": oom, "collectives": {}, "hlo": {}, "optimal_seconds": None}
+    if compiled is not None:
+        memory = ChipMemory.from_compiled(compiled)
+        text = compiled.as_text()
+        figures.update(collectives=hlo_stats.collectives(text), hlo=hlo_stats.instruction_counts(text),
+                       optimal_seconds=hlo_stats.optimal_seconds(compiled))
+    figures.update(compile_seconds=time.perf_counter() - t1, compile_cpu_seconds=time.process_time() - cpu1)
+    plan_cache.store(key, {**figures, "memory": dataclasses.asdict(memory) if memory else None})
+    return CompileResult(memory=memory, attention=attention, lower_seconds=lower_seconds, **figures)
 
 
 def slice_config(config: ml_collections.ConfigDict, topology: Topology,
@@ -197,9 +217,9 @@ def plan_train_step(config: ml_collections.ConfigDict, topology: str | Topology,
     topology = parse(topology) if isinstance(topology, str) else topology
     config, mesh, dp = slice_config(config, topology, per_chip_batch)
     plan = plan_state(config, mesh)
-    result = compile_for_slice(lambda: lower_step(config, plan))
+    result = compile_for_slice(lambda: lower_step(config, plan), repr(topology.describe_kwargs()))
     report = fit_report("train_step", config_name, topology, mesh, config.global_batch_size // dp,
-                     config.global_batch_size, result)
+                        config.global_batch_size, result)
     report.remedies = train_remedies(config, report, mesh) if not report.fits else []
     if count_flops:
         report.flops_per_step = global_step_flops(config, plan)
@@ -208,19 +228,16 @@ def plan_train_step(config: ml_collections.ConfigDict, topology: str | Topology,
 
 def fit_report(program: str, config_name: str, topology: Topology, mesh, per_chip_batch: int,
                global_batch: int, result: CompileResult) -> FitReport:
-    """A compile's figures as a report: per-chip memory (None after an OOM), fits, collectives, XLA's estimate."""
-    memory = ChipMemory.from_compiled(result.compiled) if result.compiled is not None else None
+    """A compile's figures as a report: fits when the per-chip peak is within the chip's usable HBM."""
+    memory = result.memory
     fits = memory is not None and memory.peak <= topology.hbm_bytes
-    collectives, optimal, size = {}, None, {}
-    if result.compiled is not None:
-        text = result.compiled.as_text()
-        collectives, size = hlo_stats.collectives(text), hlo_stats.instruction_counts(text)
-        optimal = hlo_stats.optimal_seconds(result.compiled)
+    extra: dict[str, Any] = {"hlo": result.hlo} if result.hlo else {}
+    if result.cached:
+        extra["cached"] = True  # the figures (and compile seconds) of an earlier compile of the same program
     return FitReport(program, config_name, topology, {k: int(v) for k, v in mesh.shape.items()}, per_chip_batch,
                      global_batch, fits, memory, result.compile_seconds, result.lower_seconds,
-                     result.compile_cpu_seconds, result.attention,
-                     collectives, oom=result.oom, xla_optimal_seconds=optimal,
-                     extra={"hlo": size} if size else {})
+                     result.compile_cpu_seconds, result.attention, result.collectives, oom=result.oom,
+                     xla_optimal_seconds=result.optimal_seconds, extra=extra)
 
 
 def train_remedies(config: ml_collections.ConfigDict, report: FitReport, mesh) -> list[str]:
