@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from xpsr_jax import paths
 from xpsr_jax.data.caption_lookup import CAPTION_FIELDS, Captions
 
 DATASET_NAME = "xpsr_pairs"
@@ -111,21 +112,22 @@ def shard_name(index: int, count: int, split: str = SPLIT) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
 
-def records_dir(path: str | os.PathLike) -> Path:
-    """``OUT`` or ``OUT/records`` -> the folder holding the shards."""
-    path = Path(path)
+def records_dir(path: str | os.PathLike) -> paths.AnyPath:
+    """``OUT`` or ``OUT/records`` -> the folder holding the shards (local, or a ``gs://`` prefix)."""
+    path = paths.as_path(path)
     return path / RECORDS_DIR if (path / RECORDS_DIR).is_dir() else path
 
 
-def list_shards(path: str | os.PathLike | list, split: str = SPLIT) -> list[Path]:
-    """The complete shards of a make-data output (``OUT``, ``OUT/records``, one shard, or a list of shards).
+def list_shards(path: str | os.PathLike | list, split: str = SPLIT) -> list[paths.AnyPath]:
+    """The complete shards of a make-data output (``OUT``, ``OUT/records``, one shard, or a list of shards),
+    local or in a bucket (listed through ``etils.epath``; ArrayRecord's reader opens ``gs://`` shards itself).
 
     Raises ``FileNotFoundError`` naming the path when no shard is there, and ``ValueError`` when shards of the
     series are missing (an unfinished run): reading part of a dataset silently would skew training.
     """
     if isinstance(path, (list, tuple)):
-        return [Path(p) for p in path]
-    path = Path(path)
+        return [paths.as_path(p) for p in path]
+    path = paths.as_path(path)
     if path.is_file():
         return [path]
     folder = records_dir(path)

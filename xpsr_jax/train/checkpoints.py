@@ -1,17 +1,21 @@
 """Run checkpoints with orbax: train state, data-iterator state (one file per process) and the config, together.
 
 Saves are asynchronous and atomic (orbax finalises a step directory only when every host has written its shards);
-``keep`` bounds how many stay. Restoring targets the abstract sharded state, so arrays land in their final layout;
-a checkpoint that exists but does not restore is an error, never a silent fresh start.
+``keep`` bounds how many stay. The directory may be a ``gs://`` prefix: orbax writes the arrays through
+TensorStore's GCS driver and marks a finished step with a commit file instead of a rename; the iterator states and
+the config go through ``etils.epath``. Restoring targets the abstract sharded state, so arrays land in their final
+layout; a checkpoint that exists but does not restore is an error, never a silent fresh start.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+from xpsr_jax import paths
 from xpsr_jax.errors import XPSRError
 
 
@@ -20,8 +24,8 @@ class RestoreError(XPSRError, RuntimeError):
 
 
 class RunCheckpoints:
-    def __init__(self, directory: str | Path, save_every: int, keep: int):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str | os.PathLike, save_every: int, keep: int):
+        self.directory = paths.absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
                                                enable_async_checkpointing=True, create=True)
         self.save_every = save_every

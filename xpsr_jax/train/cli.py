@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from xpsr_jax.args import add_overwrite, nonnegative_int, positive_int
-from xpsr_jax.paths import check_local, local_path
+from xpsr_jax.paths import as_path, run_path
 from xpsr_jax.train.plan_cli import PLAN_HELP, add_plan_arguments, check_plan_arguments, run_plan
 
 TRAIN_DESCRIPTION = """\
@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
                    help="a bundled config's name (xpsr_sd15, tiny, ablation_*) or a config file")
-    p.add_argument("--workdir", type=local_path,
-                   help="checkpoints, TensorBoard events, metrics.jsonl (a local or mounted folder); required "
+    p.add_argument("--workdir", type=run_path,
+                   help="checkpoints, TensorBoard events, metrics.jsonl (a local folder or gs://bucket/path); required "
                         "unless --compile-only")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=positive_int)
@@ -51,10 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint folder; add --torch DIR to also write the official PyTorch layout.",
                        epilog="example:\n  xpsr-jax export runs/xpsr weights/xpsr-trained --torch weights/xpsr-torch",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("workdir", type=local_path)
-    e.add_argument("out", type=local_path)
+    e.add_argument("workdir", type=run_path)
+    e.add_argument("out", type=run_path)
     e.add_argument("--step", type=nonnegative_int)
-    e.add_argument("--torch", type=local_path, help="also write OUT/{unet,controlnet} for PyTorch")
+    e.add_argument("--torch", type=run_path, help="also write OUT/{unet,controlnet} for PyTorch")
     add_overwrite(e)
     e.set_defaults(func=run_export)
 
@@ -127,7 +127,7 @@ def check_config(config) -> None:
     prob = config.data.get("hr_condition_prob")
     if prob is not None and not 0 <= prob <= 1:
         raise UsageError(f"config.data.hr_condition_prob={prob!r}: must be a probability in [0, 1]")
-    if config.init_from and not (Path(config.init_from) / "xpsr.json").is_file():
+    if config.init_from and not (as_path(config.init_from) / "xpsr.json").is_file():
         raise UsageError(f"config.init_from={config.init_from!r}: not a Flax checkpoint folder (no xpsr.json; "
                          "write one with xpsr-jax convert)")
     if config.data.source == "records":
@@ -150,7 +150,7 @@ def _check_records(path: str) -> None:
     where = f"config.data.path={path!r}"
     if not path:
         raise UsageError(f"{where}: give the make-data output to train on (or config.data.source='synthetic')")
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise UsageError(f"{where}: no such folder")
     try:
         shards = records.list_shards(path)
@@ -179,7 +179,7 @@ def run(args) -> int:
     try:
         for key, value in (("data.path", config.data.path), ("init_from", config.init_from)):
             if value:
-                check_local(value, f"config.{key}")
+                as_path(value, f"config.{key}")  # local or gs://; other URLs refused
     except ValueError as e:
         raise SystemExit(str(e)) from None
     check_config(config)  # before the other hosts are joined: a bad path fails in seconds, on every host
@@ -208,10 +208,8 @@ def run_export(args) -> int:
     out = export_run(args.workdir, args.out, args.step, overwrite=args.overwrite)
     print(f"wrote {out}")
     if args.torch:
-        from xpsr_jax.weights import checkpoint
-        from xpsr_jax.weights.xpsr_convert import write_official
+        from xpsr_jax.train.export import save_torch
 
-        meta, params = checkpoint.load(out, components=("unet", "controlnet"))
-        write_official(checkpoint.unet_config(meta), params, args.torch)
+        save_torch(out, args.torch)  # local or gs://
         print(f"wrote {args.torch / 'unet'} and {args.torch / 'controlnet'}")
     return 0

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import ml_collections
 
+from xpsr_jax import paths
 from xpsr_jax.train import partition
 from xpsr_jax.train.checkpoints import RunCheckpoints
 from xpsr_jax.train.monitor import Monitor
@@ -39,11 +40,12 @@ class RunSummary:
     preempted: bool
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, trainer=None,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, trainer=None,
                        data_iter=None) -> RunSummary:
     """Train until ``config.num_train_steps``. ``trainer`` (from ``create_trainer`` with an equal config but for
-    the step count) and ``data_iter`` may be passed to reuse a compiled step or feed other data."""
-    workdir = Path(workdir)
+    the step count) and ``data_iter`` may be passed to reuse a compiled step or feed other data. ``workdir`` is
+    a local folder or a ``gs://`` prefix (see :mod:`xpsr_jax.paths`)."""
+    workdir = paths.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if trainer is None:
         mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape))
@@ -52,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
     partition.barrier("xpsr_train_ready")
     ckpts = RunCheckpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
     monitor = Monitor(config, workdir, trainer)
-    validator = Validator(config, workdir, trainer.nets)
+    validator = Validator(config, monitor.files_dir or workdir, trainer.nets)  # images only from process 0
 
     if ckpts.latest_step() is not None:
         start, state = ckpts.restore(trainer.abstract_state, data_iter)
@@ -85,7 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
                 losses[step] = loss
                 monitor.step(step, metrics, time.perf_counter() - t0)
                 bar.update(1)
-                ckpts.save(step, state, data_iter, config.to_dict())
+                if ckpts.save(step, state, data_iter, config.to_dict()):
+                    monitor.sync()  # a gs:// workdir's metrics and events, as fresh as its checkpoints
                 if validator.due(step):
                     out = validator.run(step, state, monitor.writer)
                     if out is not None:
