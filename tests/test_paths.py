@@ -47,6 +47,9 @@ def test_refuse_urls_on_commands_without_bucket_support():
         paths.refuse_urls("sr", ["in.png", "gs://b/out"])
     with pytest.raises(UsageError, match=r"'gs://b/c.jsonl': xpsr-jax eval"):
         paths.refuse_urls("eval", ["pred", "gt", "--captions=gs://b/c.jsonl"])
+    with pytest.raises(UsageError, match=r"xpsr-jax make-data writes local files only \(ArrayRecord's writer has "
+                                         r"no GCS support\); write OUT locally, then copy it up"):
+        paths.refuse_urls("make-data", ["hr", "gs://b/pairs"])
 
 
 def test_emulator_host_reaches_tensorstore_and_array_record(monkeypatch):

@@ -109,6 +109,13 @@ def run_path(value: str) -> AnyPath:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# why a command without bucket support has none, where there is more to say than "local files only"
+WHY_LOCAL = {
+    "make-data": "writes local files only (ArrayRecord's writer has no GCS support); write OUT locally, then copy "
+                 "it up (gcloud storage cp -r OUT gs://...) and train with config.data.path=gs://...",
+}
+
+
 def refuse_urls(command: str, argv: list[str]) -> None:
     """:class:`UnsupportedPathError` for the first URL on the command line of a command without bucket support
     (``sr``, ``eval``, ``caption``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
@@ -118,8 +125,8 @@ def refuse_urls(command: str, argv: list[str]) -> None:
         value = token.split("=", 1)[1] if token.startswith("--") and "=" in token else token
         kind = scheme(value)
         if kind:
-            why = ("reads and writes local files only; gs:// works for: " + ", ".join(GCS_COMMANDS)
-                   if kind == GCS else f"{kind}:// is not supported")
+            why = (WHY_LOCAL.get(command, "reads and writes local files only") + "; gs:// works for: "
+                   + ", ".join(GCS_COMMANDS) if kind == GCS else f"{kind}:// is not supported")
             raise UnsupportedPathError(f"{value!r}: xpsr-jax {command} {why}. Mount the bucket (e.g. with "
                                        "gcsfuse) and give the mounted path")
 
