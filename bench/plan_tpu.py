@@ -134,6 +134,8 @@ def read_lines() -> list[dict]:
 
 
 def render(lines: list[dict], notes: dict[str, str]) -> str:
+    from xpsr_jax.train.tpu_topology import parse
+
     notes = {"default": DEFAULT_NOTE, **notes}
     """The Markdown table: one row per slice and attention kernel; a cell nobody measured says why."""
     by_cell = {}
@@ -149,7 +151,7 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
         for attention in ATTENTION:
             at8, search = Cell(topo, mesh, attention, 8), Cell(topo, mesh, attention, None)
             m8, ms = by_cell.get(str(at8)), by_cell.get(str(search))
-            chips = (m8 or {}).get("chips", "")
+            chips = parse(topo).chips
             if m8:
                 peak = (m8.get("bytes_per_chip", {}).get("peak") or (m8.get("oom") or {}).get("required_bytes"))
                 peak_s = f"{gib(peak)} of {m8['hbm_gib']}" if peak else "?"
@@ -166,7 +168,9 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
             else:
                 best = "not measured"
                 missing.append(str(search))
-            rows.append(f"| {topo} | {chips} | {dict(MESHES[mesh])} | {attention} | {peak_s} | {fits} | {best} | "
+            fsdp = dict(MESHES[mesh])["fsdp"]
+            layout = f"data {chips // fsdp}" + (f" x fsdp {fsdp}" if fsdp > 1 else "")
+            rows.append(f"| {topo} | {chips} | {layout} | {attention} | {peak_s} | {fits} | {best} | "
                         f"{flops} | {secs} |")
     text = ["# SD1.5 XPSR train step on TPU slices (ahead-of-time compiles on a CPU host)", "",
             "Written by `bench/plan_tpu.py` from `tpu-plan.jsonl` (one JSON line per compile: per-chip bytes, "
@@ -207,6 +211,9 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
                         f"{m['hbm_gib']} | {'yes' if m['fits'] else 'no'} | {m['attention_kernels']} | "
                         f"{m['compile_seconds']:.0f} / {m.get('compile_cpu_seconds', 0):.0f} |")
         text.append("")
+    for key, paragraph in notes.items():  # measured facts kept beside the table (tpu-notes.json "section:...")
+        if key.startswith("section:"):
+            text += [f"## {key.split(':', 1)[1]}", "", paragraph, ""]
     extra = [line for line in lines if "cell" not in line and line.get("what", "").startswith("plan_")]
     if extra:
         text += ["Other compiles recorded in `tpu-plan.jsonl`: " + ", ".join(
@@ -214,8 +221,8 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
     return "\n".join(text)
 
 
-DEFAULT_NOTE = ("an SD1.5 compile takes 30-60 min on the shared 2-core host used so far; run "
-                "`python bench/plan_tpu.py --cells CELL` on a larger host")
+DEFAULT_NOTE = ("not run yet: one SD1.5 train-step compile took 1889 s on a 2-core host, and the host used so far "
+                "was shared (load 9-18 on 2 cores); run `python bench/plan_tpu.py --cells CELL` on a larger host")
 
 
 def main() -> None:
