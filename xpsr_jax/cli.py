@@ -29,6 +29,7 @@ COMMANDS = (
     "xpsr_jax.infer.cli",  # sr
     "xpsr_jax.eval.cli",  # eval
     "xpsr_jax.demo",  # demo
+    "xpsr_jax.study.cli",  # study run, study report
 )
 
 
