@@ -93,6 +93,25 @@ def test_out_of_memory_compile_is_an_answer_with_the_compilers_figures():
     assert parse_oom("INVALID_ARGUMENT: bad sharding") is None
 
 
+def test_remedies_name_what_would_help():
+    """An SD1.5 step that the compiler refused on a data-parallel v5p-8: FSDP, splash, remat, a smaller batch."""
+    from types import SimpleNamespace
+
+    from xpsr_jax.configs import xpsr_sd15
+    from xpsr_jax.train.plan import FitReport, train_remedies
+
+    config = xpsr_sd15.get_config()
+    report = FitReport("train_step", "xpsr_sd15", parse("v5p-8"), {"data": 4, "fsdp": 1}, 16, 64, False, None,
+                       0.0, 0.0, 0.0, {"xla:4096->4096:d40": 32, "xla:4096->77:d40": 32}, {},
+                       oom={"required_bytes": 200 << 30})
+    remedies = train_remedies(config, report, SimpleNamespace(shape={"data": 4, "fsdp": 1}))
+    assert [r.split(":")[0] for r in remedies] == ["FSDP width", "attention kernel", "remat", "smaller batch"]
+    assert '("fsdp", 4)' in remedies[0] and "8 per chip" in remedies[3]
+    config.model.remat = True
+    report.per_chip_batch, report.attention = 1, {"splash:4096->4096:d40": 32}
+    assert [r.split(":")[0] for r in train_remedies(config, report, SimpleNamespace(shape={"fsdp": 4}))] == []
+
+
 def test_batch_search_doubles_then_bisects():
     class Probe:
         def __init__(self, b):
@@ -185,3 +204,22 @@ def test_a_program_planned_before_is_not_compiled_again(tmp_path, monkeypatch):
     assert (first.cached, again.cached, other.cached) == (False, True, False)
     assert again.memory == first.memory and again.memory.peak > 0
     assert again.collectives == first.collectives
+
+
+@pytest.mark.tpu
+@needs_libtpu
+def test_denoise_loop_plan_for_a_slice(tmp_path, monkeypatch):
+    """The sampling program of the tiny model (2 steps) on v5e-4: 2 images per chip, sharded over 4 chips."""
+    from xpsr_jax import testing
+    from xpsr_jax.infer.plan import plan_denoise
+    from xpsr_jax.infer.settings import SRSettings
+
+    monkeypatch.setenv("XPSR_PLAN_CACHE_DIR", str(tmp_path))
+    settings = SRSettings(steps=2, dtype="float32", attention_impl="xla", batch_size=2)
+    report = plan_denoise("v5e-4", 2, 64, unet_config=testing.unet_config(), vae_config=testing.vae_config(),
+                          settings=settings, config_name="tiny")
+    line = report.as_json()
+    assert (line["what"], line["chips"], line["per_chip_batch"], line["global_batch"]) == ("plan_denoise", 4, 2, 8)
+    assert line["fits"] and 0 < line["bytes_per_chip"]["peak"] < line["hbm_bytes"]
+    assert (line["latent"], line["latent_tile"]) == ([8, 8], None)
+    assert line["attention_kernels"]["xla"] > 0
