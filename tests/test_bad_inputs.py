@@ -539,3 +539,15 @@ def test_make_data_redoes_a_run_that_wrote_nothing(tmp_path, capsys):
     assert main(argv) == 0
     assert "1 pairs written, 1 skipped" in capsys.readouterr().out
     assert list((tmp_path / "pairs").rglob("dataset_info.json"))
+
+
+def test_overwrite_replaces_results_but_never_inputs(tmp_path, capsys):
+    """--overwrite is what lets export-pairs replace a file with other bytes; the same flag never lets a command
+    write into its input."""
+    one_pair_and_other_png(tmp_path)
+    argv = ["export-pairs", str(tmp_path / "pairs"), str(tmp_path / "png"), "--plain-ids", "--no-progress"]
+    assert main(argv + ["--overwrite"]) == 0
+    lr = np.asarray(Image.open(tmp_path / "png" / "LR" / "a.png"))
+    assert (lr == 128).all()  # the record's flat grey LR replaced the random image that was there
+    assert main(["export-pairs", str(tmp_path / "pairs"), str(tmp_path / "pairs"), "--overwrite"]) == 2
+    assert "lies inside the input RECORDS" in capsys.readouterr().err
