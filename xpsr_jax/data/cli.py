@@ -20,6 +20,11 @@ Rerunning with the same settings resumes: complete shards are kept, the rest is 
 is seeded by (--seed, copy, image index) alone, so hosts and workers do not change the result. When all
 shards exist, tfds metadata is written: tfds.builder_from_directory("OUT/records").as_data_source() works.
 
+--cache-latents --weights W also stores, with the Flax checkpoint W's encoders, the VAE posterior (mean and
+log-variance, bfloat16) of every HR crop in its record and the CLIP embeddings of the prompts training feeds in
+OUT/embeddings/ (keyed by text); training with config.loss.latents="precomputed" and config.loss.text=
+"precomputed" then runs neither the VAE encoder nor the text encoder.
+
 Unreadable files are skipped and counted (--on-error fail stops instead); grayscale, alpha, 16-bit, CMYK
 and palette images are converted (see xpsr_jax/data/images.py); images under 512 pixels are padded.
 """
@@ -31,11 +36,12 @@ examples:
   xpsr-jax make-data data/HR data/pairs --num-hosts 4 --host-index 2      # one of four machines
   xpsr-jax make-data data/HR data/pairs --lr-size 128 --share-draws 10    # raw LR, official batch sharing
   xpsr-jax make-data data/HR data/hr_only --hr-only                       # for online degradation
+  xpsr-jax make-data data/HR data/train --captions captions.jsonl --cache-latents --weights weights/xpsr-init
   xpsr-jax make-data div2k data/pairs --tfds-split train                  # tfds (online)
 
 existing files: rerunning into OUT with the same settings resumes (finished shards are kept); OUT made with
 other settings is refused unless --overwrite, which deletes what make-data wrote there (records/, stats/,
-plan.json, summary*.json) and starts over. OUT may not be HR_DIR, lie inside it, or be the --captions file.
+embeddings/, plan.json, summary*.json) and starts over. OUT may not be HR_DIR, lie inside it, or be the --captions file.
 Every file appears atomically (shards under a temporary name, then renamed).
 
 exit status: 0 when this host's shards are complete; 1 on an error naming its cause, or when no pair could be
@@ -83,6 +89,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tfds-split", default="train", help="tfds source: split (default: %(default)s)")
     p.add_argument("--tfds-data-dir", help="tfds source: data_dir of a prepared copy")
     p.add_argument("--tfds-image-key", help="tfds source: image feature (default: hr if present, else image)")
+    p.add_argument("--cache-latents", action="store_true",
+                   help="store the HR crops' VAE posteriors in the records and the prompt embeddings in "
+                        "OUT/embeddings/, encoded with --weights (train then skips both encoders)")
+    p.add_argument("--weights", metavar="W",
+                   help="Flax checkpoint (xpsr-jax convert) whose VAE and text encoder --cache-latents uses")
+    p.add_argument("--cache-batch", type=positive_int, default=16, metavar="N",
+                   help="images (and prompts) per encoder call with --cache-latents (default: %(default)s)")
+    p.add_argument("--highlevel-prompt", choices=("empty", "caption"), default="empty",
+                   help="high-level input to cache embeddings for: empty, as XPSR trains, or the caption (as "
+                        "config.model.highlevel_prompt; default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_overwrite(p)
     p.set_defaults(func=run)
@@ -103,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.source).exists():
             require_folder(args.source, "HR_DIR")
         require_file(args.captions, "--captions")
+        _check_cache_flags(args)
         hr_dir = args.source if Path(args.source).is_dir() else None
-        refuse_over_inputs(args.out, [("HR_DIR", hr_dir), ("--captions", args.captions)])
+        refuse_over_inputs(args.out, [("HR_DIR", hr_dir), ("--captions", args.captions), ("--weights", args.weights)])
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise OutputExistsError(f"OUT {args.out} is a file, not a folder")
         try:
@@ -121,6 +138,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cache_flags(args: argparse.Namespace) -> None:
+    """--cache-latents and --weights go together; the checkpoint must hold a VAE and a text encoder."""
+    from xpsr_jax.errors import UsageError
+    from xpsr_jax.outputs import require_folder
+    from xpsr_jax.paths import check_local
+
+    if args.weights and not args.cache_latents:
+        raise UsageError("--weights is only used with --cache-latents")
+    if not args.cache_latents:
+        return
+    if not args.weights:
+        raise UsageError("--cache-latents needs --weights W, a Flax checkpoint with a VAE and a text encoder")
+    if args.hr_only:
+        raise UsageError("--cache-latents cannot be used with --hr-only: HR-only records are cropped online")
+    check_local(args.weights, "--weights")
+    require_folder(args.weights, "--weights")
+    from xpsr_jax.weights.checkpoint import CheckpointError, read_meta
+
+    try:
+        meta = read_meta(args.weights)
+    except CheckpointError as e:
+        raise UsageError(f"--weights: {e}") from None
+    lacking = [what for key, what in (("vae_config", "VAE"), ("text_encoder_config", "text encoder"))
+               if key not in meta]
+    if lacking:
+        raise UsageError(f"--weights {args.weights} holds no {' and no '.join(lacking)} (convert it with --sd15)")
+
+
 def _config(args: argparse.Namespace):
     """The run's MakeDataConfig; a ValueError when settings contradict each other."""
     from xpsr_jax.data.make_data import MakeDataConfig
@@ -132,4 +177,6 @@ def _config(args: argparse.Namespace):
                           use_usm=args.use_usm, alpha=args.alpha, min_pixels=args.min_pixels,
                           min_bytes=args.min_bytes, on_error=args.on_error, tfds_split=args.tfds_split,
                           tfds_data_dir=args.tfds_data_dir, tfds_image_key=args.tfds_image_key,
-                          progress=args.progress, overwrite=args.overwrite)
+                          cache_weights=args.weights if args.cache_latents else None, cache_batch=args.cache_batch,
+                          highlevel_prompt=args.highlevel_prompt, progress=args.progress,
+                          overwrite=args.overwrite)

@@ -13,6 +13,9 @@ What XPSR's offline data generation does (reference §4.1), made reproducible an
   finished shards and redoes the rest. ``OUT/plan.json`` holds the settings and a rerun with others is refused
   (``overwrite=True`` deletes what make-data wrote there and starts over);
 * ``num_hosts``/``host_index`` split the shards between machines; ``workers`` processes share one host's items;
+* ``cache_weights`` (``--cache-latents --weights W``) also stores the VAE posterior of each HR crop in its record
+  and the text-encoder outputs of the prompts training feeds in ``OUT/embeddings/`` (``latent_cache``), computed
+  with that Flax checkpoint's encoders, so the train step runs neither (``config.loss.latents/text="precomputed"``);
 * ``OUT/stats/<shard>.json`` keeps each shard's counts; the summary (``OUT/summary.json``, or
   ``summary-host{i}-of-{n}.json`` on several hosts) adds them up. When every shard exists, tfds metadata is
   written so ``records.tfds_builder(OUT)`` reads the dataset; never for a dataset of 0 pairs, and a host whose
@@ -39,6 +42,7 @@ from tqdm import tqdm
 from xpsr_jax.data import records
 from xpsr_jax.data.caption_lookup import Captions, lookup, read_caption_jsonl
 from xpsr_jax.data.degradation_config import DegradationConfig
+from xpsr_jax.data.embeddings import EMBEDDINGS_DIR, HIGHLEVEL_MODES
 from xpsr_jax.data.hr_sources import TfdsSource, open_source
 from xpsr_jax.data.images import ImageDecodeError
 from xpsr_jax.data.pair_item import CORRUPT, ItemResult, ItemSettings, ItemTask, init_worker, make_item, \
@@ -77,6 +81,9 @@ class MakeDataConfig:
     tfds_split: str = "train"
     tfds_data_dir: str | None = None
     tfds_image_key: str | None = None
+    cache_weights: str | None = None  # a Flax checkpoint: cache the HR posteriors and prompt embeddings with it
+    cache_batch: int = 16  # images (and prompts) per encoder call
+    highlevel_prompt: str = "empty"  # which high-level input the cache serves (config.model.highlevel_prompt)
     progress: bool = True
     overwrite: bool = False  # an OUT made with other settings: delete make-data's files there and start over
 
@@ -89,6 +96,13 @@ class MakeDataConfig:
             raise ValueError(f"host_index {self.host_index} must lie in [0, num_hosts={self.num_hosts})")
         if self.on_error not in ("skip", "fail"):
             raise ValueError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
+        if self.cache_weights and self.hr_only:
+            raise ValueError("cached latents need the final HR crops; hr_only records are cropped and degraded "
+                             "online")
+        if self.highlevel_prompt not in HIGHLEVEL_MODES:
+            raise ValueError(f"highlevel_prompt must be one of {HIGHLEVEL_MODES}, got {self.highlevel_prompt!r}")
+        if self.cache_batch < 1:
+            raise ValueError(f"cache_batch must be >= 1, got {self.cache_batch}")
 
 
 @dataclass
@@ -143,7 +157,10 @@ def _plan_record(cfg: MakeDataConfig, source, plan: ShardPlan, settings: ItemSet
             "crop_size": cfg.crop_size, "lr_size": 0 if cfg.hr_only else settings.lr_size, "hr_only": cfg.hr_only,
             "share_draws": cfg.share_draws, "use_usm": cfg.use_usm, "alpha": cfg.alpha,
             "min_pixels": cfg.min_pixels, "min_bytes": cfg.min_bytes,
-            "captions": str(Path(cfg.captions).resolve()) if cfg.captions else None}
+            "captions": str(Path(cfg.captions).resolve()) if cfg.captions else None,
+            # absent from plans of runs without a cache, which therefore still resume
+            **({"cache": {"weights": str(Path(cfg.cache_weights).resolve()),
+                          "highlevel_prompt": cfg.highlevel_prompt}} if cfg.cache_weights else {})}
 
 
 class OtherSettingsError(UsageError, ValueError):
@@ -158,7 +175,8 @@ def _check_plan(out: Path, wanted: dict, overwrite: bool = False) -> None:
     path = out / PLAN_FILE
     if path.is_file():
         have = json.loads(path.read_text())
-        diff = [f"{k}: {have.get(k)!r} there, {wanted[k]!r} now" for k in wanted if have.get(k) != wanted[k]]
+        keys = [*wanted, *(k for k in have if k not in wanted)]  # a cache there and none now differs too
+        diff = [f"{k}: {have.get(k)!r} there, {wanted.get(k)!r} now" for k in keys if have.get(k) != wanted.get(k)]
         if diff and not overwrite:
             raise OtherSettingsError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the "
                                     "same settings to resume, pass --overwrite to start over, or write to a new "
@@ -170,8 +188,8 @@ def _check_plan(out: Path, wanted: dict, overwrite: bool = False) -> None:
 
 
 def _remove_outputs(out: Path) -> None:
-    """What make-data writes into OUT, and nothing else: records/, stats/, plan.json, summary*.json."""
-    for folder in (out / records.RECORDS_DIR, out / STATS_DIR):
+    """What make-data writes into OUT, and nothing else: records/, stats/, embeddings/, plan.json, summary*.json."""
+    for folder in (out / records.RECORDS_DIR, out / STATS_DIR, out / EMBEDDINGS_DIR):
         if folder.is_dir():
             shutil.rmtree(folder)
     for f in [out / PLAN_FILE, *out.glob("summary*.json")]:
@@ -186,7 +204,7 @@ def _tasks(plan: ShardPlan, shards: list[int], source):
                            source.duplicate_of(index))
 
 
-def _record(res: ItemResult, source, store, counts: Counts) -> bytes:
+def _record(res: ItemResult, source, store, counts: Counts, moments=None) -> records.PairRecord:
     image_id = source.image_id(res.task.index)
     captions = Captions()
     if store is not None:
@@ -197,21 +215,19 @@ def _record(res: ItemResult, source, store, counts: Counts) -> bytes:
             counts.captions_joined += 1
             captions = found
             counts.captions_empty.update(found.empty_fields())
-    return records.serialize(records.PairRecord(id=image_id, epoch=res.task.epoch, source=res.task.origin,
-                                                hr_png=res.hr_png, lr_png=res.lr_png, captions=captions,
-                                                meta=res.meta))
+    return records.PairRecord(id=image_id, epoch=res.task.epoch, source=res.task.origin, hr_png=res.hr_png,
+                              lr_png=res.lr_png, captions=captions, meta=res.meta, latent_moments=moments)
 
 
 def _write_shard(path: Path, stats_path: Path, items: int, results, source, store, cfg: MakeDataConfig,
-                 bar) -> Counts:
+                 bar, cacher=None) -> Counts:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     tmp = path.with_name(f".{path.name}.incomplete")  # not a shard name: readers never pick it up
     writer = ArrayRecordWriter(str(tmp), records.WRITER_OPTIONS)
     counts = Counts()
     try:
-        for _ in range(items):
-            res = next(results)
+        for res, moments in _with_moments(results, items, cacher):
             bar.update(1)
             if res.skip is not None:
                 if res.skip == CORRUPT and cfg.on_error == "fail":
@@ -221,15 +237,32 @@ def _write_shard(path: Path, stats_path: Path, items: int, results, source, stor
                     counts.skipped_files.append({"source": res.task.origin, "epoch": res.task.epoch,
                                                  "reason": res.skip, "message": res.message})
                 continue
-            writer.write(_record(res, source, store, counts))
+            rec = _record(res, source, store, counts, moments)
+            writer.write(records.serialize(rec))
+            if cacher is not None:
+                cacher.add(rec.captions)
             counts.written += 1
             counts.converted.update(res.notes)
             counts.padded += res.padded
     finally:
         writer.close()
+    if cacher is not None:  # the shard's embeddings exist before the shard does
+        cacher.finish(path.name.removesuffix(records.SHARD_SUFFIX))
     _write_json(stats_path, counts.to_json())
     os.replace(tmp, path)
     return counts
+
+
+def _with_moments(results, items: int, cacher):
+    """(result, posterior moments or None) for the next ``items`` results; with a cache the VAE encodes them in
+    batches of ``cacher.batch_size``."""
+    if cacher is None:
+        for _ in range(items):
+            yield next(results), None
+        return
+    for start in range(0, items, cacher.batch_size):
+        chunk = [next(results) for _ in range(min(cacher.batch_size, items - start))]
+        yield from zip(chunk, cacher.moments(chunk))
 
 
 def _summary_path(out: Path, cfg: MakeDataConfig) -> Path:
@@ -253,6 +286,12 @@ def make_data(cfg: MakeDataConfig) -> dict:
     folder.mkdir(exist_ok=True)
     (out / STATS_DIR).mkdir(exist_ok=True)
     store = read_caption_jsonl(cfg.captions) if cfg.captions else None
+    cacher = None
+    if cfg.cache_weights:  # loaded before any work: a bad checkpoint fails in seconds
+        from xpsr_jax.data.cache_encoders import CacheEncoders
+        from xpsr_jax.data.latent_cache import ShardCacher
+
+        cacher = ShardCacher(CacheEncoders.load(cfg.cache_weights, cfg.cache_batch), out, cfg.highlevel_prompt)
 
     mine = plan.host_shards(cfg.num_hosts, cfg.host_index)
     name = partial(records.shard_name, count=plan.num_shards)
@@ -270,7 +309,7 @@ def make_data(cfg: MakeDataConfig) -> dict:
             results = (make_item(t, settings) for t in tasks)
         for shard in pending:
             run.add(_write_shard(folder / name(shard), out / STATS_DIR / f"{name(shard)}.json",
-                                 len(plan.shard_items(shard)), results, source, store, cfg, bar))
+                                 len(plan.shard_items(shard)), results, source, store, cfg, bar, cacher))
     finally:
         bar.close()
         if pool is not None:
@@ -291,6 +330,8 @@ def make_data(cfg: MakeDataConfig) -> dict:
         "host_shards": len(mine), "shards_written": len(pending), "shards_already_complete": len(mine) - len(pending),
         "this_run": run.to_json(), "host_totals": totals.to_json(), "dataset_complete": all_done,
         "tfds_metadata": metadata, "captions": cfg.captions, "seconds": round(time.perf_counter() - start, 3),
+        "cache": ({"weights": cfg.cache_weights, "embeddings": str(out / EMBEDDINGS_DIR),
+                   "highlevel_prompt": cfg.highlevel_prompt} if cfg.cache_weights else None),
     }
     _write_json(_summary_path(out, cfg), summary)
     summary["summary_file"] = str(_summary_path(out, cfg))
@@ -327,6 +368,9 @@ def format_summary(s: dict) -> str:
         c = tot["captions"]
         lines.append(f"  captions: {c['joined']} joined, {c['missing']} missing (empty prompts), "
                      f"empty fields {c['empty_fields'] or '{}'}")
+    if s.get("cache"):
+        lines.append(f"  cached: HR latents in the records, prompt embeddings in {s['cache']['embeddings']} "
+                     f"(encoders of {s['cache']['weights']})")
     for f in run["skipped_files"][:5]:
         lines.append(f"  skipped {f['reason']}: {f['message']}")
     lines.append("  dataset complete; tfds metadata in " + s["tfds_metadata"] if s["dataset_complete"]

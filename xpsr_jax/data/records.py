@@ -18,6 +18,9 @@ highlevel, lowlevel,    text    prompts from the caption store (``caption_lookup
 highlevel_hr,
 lowlevel_hr
 meta                    text    JSON: seed, original size, decode notes, crop box, degradation draws
+latent_moments          bytes   ``make-data --cache-latents``: the VAE posterior of the HR crop, (H/8, W/8, 2C)
+                                mean then log-variance along the last axis, bfloat16 (``encode_moments``);
+                                empty (or absent, in records of older versions) otherwise
 ======================  ======  =========================================================================
 
 Shards are ``records/train-00000-of-000NN.array_record`` (ArrayRecord, one record per chunk for random access);
@@ -28,6 +31,7 @@ dataset.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import ml_dtypes
 import numpy as np
 
 from xpsr_jax import paths
@@ -61,6 +66,7 @@ class PairRecord:
     lr_png: bytes = b""
     captions: Captions = field(default_factory=Captions)
     meta: dict = field(default_factory=dict)
+    latent_moments: np.ndarray | None = None  # (H/8, W/8, 2C) posterior of the HR crop, when cached
 
 
 @functools.cache
@@ -70,7 +76,7 @@ def features():
 
     text, blob = tfds.features.Text, functools.partial(tfds.features.Tensor, shape=(), dtype=np.object_)
     spec = {"id": text(), "epoch": tfds.features.Scalar(dtype=np.int32), "source": text(),
-            "hr": blob(), "lr": blob(), "meta": text()}
+            "hr": blob(), "lr": blob(), "meta": text(), "latent_moments": blob()}
     spec.update({name: text() for name in CAPTION_FIELDS})
     return tfds.features.FeaturesDict(spec)
 
@@ -92,20 +98,47 @@ def decode_png(data: bytes, name: str = "record") -> np.ndarray:
     return np.ascontiguousarray(arr[..., ::-1])
 
 
+def encode_moments(moments: np.ndarray) -> bytes:
+    """(h, w, 2C) posterior moments -> bytes: a ``.npy`` of their bfloat16 bit patterns (NumPy has no bfloat16)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.asarray(moments).astype(ml_dtypes.bfloat16)).view(np.uint16))
+    return buf.getvalue()
+
+
+def decode_moments(data: bytes) -> np.ndarray:
+    """Bytes from ``encode_moments`` -> the (h, w, 2C) bfloat16 array."""
+    return np.load(io.BytesIO(data)).view(ml_dtypes.bfloat16)
+
+
 def serialize(rec: PairRecord) -> bytes:
     """``PairRecord`` -> the bytes of one ArrayRecord entry."""
     ex = {"id": rec.id, "epoch": int(rec.epoch), "source": rec.source, "hr": rec.hr_png, "lr": rec.lr_png,
-          "meta": json.dumps(rec.meta, sort_keys=True)}
+          "meta": json.dumps(rec.meta, sort_keys=True),
+          "latent_moments": b"" if rec.latent_moments is None else encode_moments(rec.latent_moments)}
     ex.update({name: getattr(rec.captions, name) for name in CAPTION_FIELDS})
     return features().serialize_example(ex)
 
 
 def parse(data: bytes) -> dict:
-    """Entry bytes -> dict: text fields as ``str``, ``epoch`` int, ``hr``/``lr`` PNG bytes, ``meta`` a JSON str."""
+    """Entry bytes -> dict: text fields as ``str``, ``epoch`` int, ``hr``/``lr`` PNG bytes, ``meta`` a JSON str,
+    ``latent_moments`` the (h, w, 2C) bfloat16 posterior or None (not cached)."""
     ex = features().deserialize_example_np(data)
-    out = {k: (v.decode("utf-8") if isinstance(v, bytes) and k not in ("hr", "lr") else v) for k, v in ex.items()}
+    blobs = ("hr", "lr", "latent_moments")
+    out = {k: (v.decode("utf-8") if isinstance(v, bytes) and k not in blobs else v) for k, v in ex.items()}
     out["epoch"] = int(out["epoch"])
+    out["latent_moments"] = decode_moments(out["latent_moments"]) if out.get("latent_moments") else None
     return out
+
+
+def read_first(shard: str | os.PathLike) -> bytes | None:
+    """The first entry of a shard (None when it is empty): cheap, a shard is read by random access."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(str(shard), "readahead_buffer_size:0")
+    try:
+        return reader.read([0])[0] if reader.num_records() else None
+    finally:
+        reader.close()
 
 
 def shard_name(index: int, count: int, split: str = SPLIT) -> str:
