@@ -104,8 +104,12 @@ def _missing(res: StudyResults) -> list[tuple]:
     if never:
         out.append(("p", "Columns that could not be computed for any run: "
                          + ", ".join(metric_header(m, arrows=False) for m in never) + "."))
-    items = [f"{metric_header(m, arrows=False)} on {t} ({', '.join(runs)}): {reason}"
-             for (m, t, reason), runs in sorted(groups.items())]
+    # the same reason for the same runs over several metrics (a run not finished) reads as one line
+    by_runs: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    for (m, t, reason), runs in groups.items():
+        by_runs.setdefault((t, reason, tuple(sorted(runs))), []).append(m)
+    items = [f"{', '.join(metric_header(m, arrows=False) for m in spec.metrics if m in metrics)} on {t} "
+             f"({', '.join(runs)}): {reason}" for (t, reason, runs), metrics in sorted(by_runs.items())]
     out.append(("ul", items))
     return out
 
