@@ -98,10 +98,12 @@ def device_batch(trainer, config, seed: int):
     from xpsr_jax.train.synthetic import SyntheticIterator
 
     local = next(SyntheticIterator(config.global_batch_size // jax.process_count(), config.data.resolution, seed))
-    if config.loss.latents == "precomputed":
-        r = config.data.resolution // 8
-        rng = np.random.default_rng(seed)
-        local["latents"] = rng.standard_normal((len(local["hr"]), r, r, 4)).astype(np.float32)
+    from xpsr_jax.train.trainer import batch_spec
+
+    rng = np.random.default_rng(seed)
+    for key, spec in batch_spec(config).items():  # cached encoder outputs: random stand-ins, stored shape and dtype
+        if key not in local:
+            local[key] = rng.standard_normal((len(local["hr"]), *spec.shape[1:])).astype(spec.dtype)
     try:
         from xpsr_jax.train.loop import global_batch
     except ImportError:  # the loop needs grain and orbax for checkpoints; the step itself does not

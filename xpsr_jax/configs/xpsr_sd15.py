@@ -32,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.prediction_type = "epsilon"  # epsilon | v_prediction
     c.loss.dfc_weight = 0.05  # per DFC term (3 RGB + 13 latent)
-    c.loss.latents = "vae_sample"  # vae_sample (encode HR in the step) | precomputed (batch["latents"])
+    # the frozen encoders' outputs, computed in the step or read from make-data --cache-latents records:
+    c.loss.latents = "vae_sample"  # vae_sample (encode HR in the step) | precomputed (stored HR posterior, sampled)
+    c.loss.text = "encoder"  # encoder (CLIP text encoder in the step) | precomputed (the data's embedding store)
 
     # optimisation
     c.optim = ml_collections.ConfigDict()
@@ -69,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.hr_condition_prob = 0.1  # the HR image as the condition, with the HR-derived low-level prompt
     c.data.worker_count = 0
     c.data.online_degradation = False  # True for `make-data --hr-only` records: degrade in the input pipeline
+    c.data.embeddings = ""  # loss.text="precomputed": the prompt-embedding store ("" = data.path's embeddings/)
     c.global_batch_size = 32
 
     # schedule of the run

@@ -13,6 +13,11 @@ Per example, as the official ``LocalImageDataset`` with ``original_image_ratio =
 Batches: ``{"hr": (B, H, W, 3) float32 in [-1, 1], "lr": (B, H, W, 3) float32 in [0, 1],
 "ids_high": (B, 77) int32, "ids_low": (B, 77) int32}``; an LR stored at 1/4 is bicubic-upsampled to H×W here.
 
+Cached encoder outputs (``make-data --cache-latents``): with ``cached_latents`` the batch also carries
+``"latent_moments": (B, H/8, W/8, 2C) bfloat16``, the stored VAE posterior of each HR crop (the step samples it);
+with ``embeddings`` (a store folder, :mod:`xpsr_jax.data.embeddings`) the prompts are looked up instead of
+tokenised: ``"emb_high"``, ``"emb_low"``: (B, 77, width) bfloat16 replace the ids.
+
 Order of the grain ``MapDataset``: source -> decode -> random pair (seeded by the record's global index and epoch)
 -> this process's equal share -> shuffle (new order every epoch) -> repeat -> tokenise -> batch -> prefetch
 threads -> optional worker processes. Random draws depend on the record and epoch only, not on the process split
@@ -37,12 +42,11 @@ import grain
 import numpy as np
 
 from xpsr_jax.data import records
+from xpsr_jax.data.embeddings import HIGHLEVEL_MODES, EmbeddingStore, highlevel_input
 from xpsr_jax.data.degradation_config import DegradationConfig
 from xpsr_jax.data.degradations import degrade_pair, upsample_bicubic
 from xpsr_jax.data.import_guard import finish_lazy_imports, finish_lazy_imports_in_worker
 from xpsr_jax.data.tokenizer import ClipTokenizer
-
-HIGHLEVEL_MODES = ("empty", "caption")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class PipelineConfig:
     worker_buffer_size: int = 2  # batches each worker keeps ready
     num_threads: int = 2  # threads computing batches (per process)
     prefetch_batches: int = 2
+    cached_latents: bool = False  # batches carry the records' stored HR posteriors ("latent_moments")
+    embeddings: str | None = None  # a prompt-embedding store: batches carry emb_high/emb_low instead of ids
 
     def __post_init__(self):
         if self.highlevel_prompt not in HIGHLEVEL_MODES:
@@ -72,6 +78,8 @@ class PipelineConfig:
             raise ValueError(f"original_image_ratio must lie in [0, 1], got {self.original_image_ratio}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.cached_latents and self.online_degradation:
+            raise ValueError("cached latents belong to stored HR crops; online degradation crops anew")
 
 
 def records_source(path: str | os.PathLike | list) -> grain.sources.ArrayRecordDataSource:
@@ -88,6 +96,7 @@ def decode_record(element: Any) -> dict:
     out = {k: rec[k] for k in ("id", "highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")}
     out["hr"] = records.decode_png(rec["hr"], name)
     out["lr"] = records.decode_png(rec["lr"], name) if len(rec["lr"]) else None
+    out["latent_moments"] = rec["latent_moments"]
     return out
 
 
@@ -118,10 +127,13 @@ class MakePair(grain.transforms.RandomMap):
         low = element["lowlevel"]
         if swap:  # reference §4.2: the HR image (in [0, 1]) is the condition, with its own low-level prompt
             lr, low = hr.astype(np.float32) / np.float32(255.0), element["lowlevel_hr"]
-        high = ""
-        if cfg.highlevel_prompt == "caption":
-            high = element["highlevel_hr"] or element["highlevel"]
-        return {"hr": hr_f, "lr": lr, "high": high, "low": low}
+        out = {"hr": hr_f, "lr": lr, "high": highlevel_input(element, cfg.highlevel_prompt), "low": low}
+        if cfg.cached_latents:
+            if element.get("latent_moments") is None:
+                raise ValueError(f"record {element['id']!r} holds no cached latents (made without make-data "
+                                 "--cache-latents); train with config.loss.latents='vae_sample'")
+            out["latent_moments"] = element["latent_moments"]
+        return out
 
 
 @functools.cache
@@ -137,7 +149,28 @@ class Tokenize(grain.transforms.Map):
 
     def map(self, element: dict) -> dict:
         ids = _tokenizer(self.path, self.max_length)([element["high"], element["low"]])
-        return {"hr": element["hr"], "lr": element["lr"], "ids_high": ids[0], "ids_low": ids[1]}
+        out = {k: v for k, v in element.items() if k not in ("high", "low")}
+        out["ids_high"], out["ids_low"] = ids[0], ids[1]
+        return out
+
+
+@functools.cache
+def _store(path: str) -> EmbeddingStore:
+    return EmbeddingStore.open(path)
+
+
+class LookupEmbeddings(grain.transforms.Map):
+    """{..., high, low} -> {..., emb_high, emb_low}: the prompts' stored text-encoder outputs (the store opens
+    once per process, on first use; a prompt it lacks is an error naming it)."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+
+    def map(self, element: dict) -> dict:
+        store = _store(self.path)
+        out = {k: v for k, v in element.items() if k not in ("high", "low")}
+        out["emb_high"], out["emb_low"] = store[element["high"]], store[element["low"]]
+        return out
 
 
 def _process_share(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
@@ -168,7 +201,7 @@ def build_dataset(source, cfg: PipelineConfig = PipelineConfig(), *, process_ind
         # A fixed offset keeps the order's seed apart from the pair draws' seed.
         ds = ds.shuffle(seed=(cfg.seed + 0x5EED) % 2**32)
     ds = ds.repeat(cfg.num_epochs)
-    ds = ds.map(Tokenize(cfg.tokenizer, cfg.max_length))
+    ds = ds.map(LookupEmbeddings(cfg.embeddings) if cfg.embeddings else Tokenize(cfg.tokenizer, cfg.max_length))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     threads = max(cfg.num_threads, 1)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,

@@ -132,6 +132,9 @@ def check_config(config) -> None:
                          "write one with xpsr-jax convert)")
     if config.data.source == "records":
         _check_records(config.data.path)
+    from xpsr_jax.data.cache_check import check_run_config
+
+    check_run_config(config)  # cached encoder outputs the config asks for are in the data (each refusal names it)
 
 
 def _float_leaves(tree: dict, prefix: str = ""):

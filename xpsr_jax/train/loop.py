@@ -125,7 +125,9 @@ def make_data_iterator(config: ml_collections.ConfigDict):
                               original_image_ratio=config.data.hr_condition_prob,
                               highlevel_prompt="caption" if config.model.highlevel_prompt == "caption" else "empty",
                               worker_count=config.data.worker_count,
-                              online_degradation=config.data.online_degradation)
+                              online_degradation=config.data.online_degradation,
+                              cached_latents=config.loss.latents == "precomputed",
+                              embeddings=_embeddings(config))
         source = records_source(config.data.path)
         index, count = jax.process_index(), jax.process_count()
         # every process says what it reads: on a pod this is the first place to look when hosts disagree
@@ -133,6 +135,15 @@ def make_data_iterator(config: ml_collections.ConfigDict):
               f"({config.data.path}), batches of {local_batch}", file=sys.stderr, flush=True)
         return make_iterator(source, pipe, process_index=index, process_count=count)
     raise ValueError(f"unknown data.source {config.data.source!r} (records | synthetic)")
+
+
+def _embeddings(config: ml_collections.ConfigDict) -> str | None:
+    """The prompt-embedding store the batches read (``loss.text="precomputed"``), else None (tokenised ids)."""
+    if config.loss.get("text", "encoder") != "precomputed":
+        return None
+    from xpsr_jax.data.cache_check import embeddings_path
+
+    return str(embeddings_path(config.data.path, config.data.get("embeddings", "")))
 
 
 def global_batch(trainer, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

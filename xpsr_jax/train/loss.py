@@ -4,6 +4,10 @@
 
 with w = 0.05 per term, ``down`` bilinear without antialiasing (PyTorch's ``F.interpolate(bilinear,
 align_corners=False)``), HR in [-1, 1] and z0 the scaled HR latent.
+
+The frozen encoders' outputs may come with the batch (``make-data --cache-latents``): ``cfg.latents =
+"precomputed"`` takes the HR posterior's moments from it and still draws z0 from them with the key the VAE path
+uses, so both paths see the same noise; ``cfg.text = "precomputed"`` takes the prompt embeddings from it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from xpsr_jax.diffusion.schedule import add_noise, velocity
+from xpsr_jax.models.vae import DiagonalGaussian
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -39,21 +44,26 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
 def xpsr_loss(nets, params: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, cfg) -> LossTerms:
     """``nets``: :class:`xpsr_jax.train.models.Networks`; ``cfg``: the run config's ``loss`` section.
 
-    batch: ``hr`` (B,H,W,3) in [-1,1], ``lr`` (B,H,W,3) in [0,1], ``ids_high``/``ids_low`` (B,77) int32, and
-    ``latents`` (B,H/8,W/8,4) when ``cfg.latents == "precomputed"``.
+    batch: ``hr`` (B,H,W,3) in [-1,1], ``lr`` (B,H,W,3) in [0,1]; ``ids_high``/``ids_low`` (B,77) int32, or with
+    ``cfg.text == "precomputed"`` ``emb_high``/``emb_low`` (B,77,width); with ``cfg.latents == "precomputed"``
+    ``latent_moments`` (B,H/8,W/8,2C), the HR posterior's mean and log-variance. The precomputed paths touch
+    neither ``params["vae"]`` nor ``params["text_encoder"]``.
     """
     r_vae, r_noise, r_t = jax.random.split(rng, 3)
     hr = batch["hr"]
     scale = nets.vae_config.scaling_factor
     if cfg.latents == "precomputed":
-        z0 = batch["latents"].astype(jnp.float32)
+        posterior = DiagonalGaussian.from_moments(batch["latent_moments"].astype(jnp.float32))
     else:
         posterior = nets.vae.apply({"params": params["vae"]}, hr, method="encode")
-        z0 = posterior.sample(r_vae).astype(jnp.float32) * scale
-    z0 = jax.lax.stop_gradient(z0)
-    text = lambda ids: nets.text.apply({"params": params["text_encoder"]}, ids)  # noqa: E731
-    e_high = jax.lax.stop_gradient(text(batch["ids_high"]))
-    e_low = jax.lax.stop_gradient(text(batch["ids_low"]))
+    z0 = jax.lax.stop_gradient(posterior.sample(r_vae).astype(jnp.float32) * scale)
+    if cfg.get("text", "encoder") == "precomputed":
+        compute = nets.text.dtype or jnp.float32
+        e_high, e_low = (batch[k].astype(compute) for k in ("emb_high", "emb_low"))
+    else:
+        text = lambda ids: nets.text.apply({"params": params["text_encoder"]}, ids)  # noqa: E731
+        e_high = jax.lax.stop_gradient(text(batch["ids_high"]))
+        e_low = jax.lax.stop_gradient(text(batch["ids_low"]))
 
     noise = jax.random.normal(r_noise, z0.shape, jnp.float32)
     t = jax.random.randint(r_t, (z0.shape[0],), 0, NUM_TRAIN_TIMESTEPS)

@@ -55,14 +55,22 @@ def unet_config(model_cfg: ml_collections.ConfigDict) -> UNetConfig:
                                       latent_dfc=model_cfg.latent_dfc)
 
 
+def vae_config(model_cfg: ml_collections.ConfigDict) -> VAEConfig:
+    over = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(model_cfg.vae).items()}
+    return VAEConfig(**over)
+
+
+def text_config(model_cfg: ml_collections.ConfigDict) -> ClipTextConfig:
+    return ClipTextConfig.from_dict({**SD15_TEXT, **dict(model_cfg.text_encoder)})
+
+
 def build(model_cfg: ml_collections.ConfigDict, compute_dtype: str) -> Networks:
     dtype = jnp.dtype(compute_dtype)
-    vae_over = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(model_cfg.vae).items()}
-    text_cfg = ClipTextConfig.from_dict({**SD15_TEXT, **dict(model_cfg.text_encoder)})
+    text_cfg = text_config(model_cfg)
     impl = AttentionImpl(model_cfg.attention_impl,
                          model_cfg.get("splash_min_length", DEFAULT_SPLASH_MIN_LENGTH))
     return Networks(
         xpsr=XPSR(unet_config(model_cfg), attention_impl=impl, dtype=dtype, remat=model_cfg.remat),
-        vae=AutoencoderKL(VAEConfig(**vae_over), attention_impl=impl, dtype=dtype),
+        vae=AutoencoderKL(vae_config(model_cfg), attention_impl=impl, dtype=dtype),
         text=ClipTextModel(text_cfg, attention_impl=impl, dtype=dtype),
     )

@@ -85,15 +85,21 @@ def global_step_flops(config: ml_collections.ConfigDict, plan: StatePlan) -> flo
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """What the step takes (see ``xpsr_loss``); cached encoder outputs arrive in bfloat16, as stored."""
     b, r = config.global_batch_size, config.data.resolution
     spec = {
         "hr": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32),
         "lr": jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32),
-        "ids_high": jax.ShapeDtypeStruct((b, 77), jnp.int32),
-        "ids_low": jax.ShapeDtypeStruct((b, 77), jnp.int32),
     }
+    if config.loss.get("text", "encoder") == "precomputed":
+        width = models.text_config(config.model).hidden_size
+        spec["emb_high"] = spec["emb_low"] = jax.ShapeDtypeStruct((b, 77, width), jnp.bfloat16)
+    else:
+        spec["ids_high"] = spec["ids_low"] = jax.ShapeDtypeStruct((b, 77), jnp.int32)
     if config.loss.latents == "precomputed":
-        spec["latents"] = jax.ShapeDtypeStruct((b, r // 8, r // 8, 4), jnp.float32)
+        vae = models.vae_config(config.model)
+        h = r // vae.downsample_factor
+        spec["latent_moments"] = jax.ShapeDtypeStruct((b, h, h, 2 * vae.latent_channels), jnp.bfloat16)
     return spec
 
 
