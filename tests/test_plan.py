@@ -57,6 +57,22 @@ def test_slices_build_their_devices(name):
     assert {d.device_kind for d in devices} == {kind}
 
 
+@needs_libtpu
+def test_the_slice_sets_the_global_batch_and_refuses_meshes_it_cannot_hold():
+    from xpsr_jax.configs import xpsr_sd15
+    from xpsr_jax.train.plan import SliceMismatchError, slice_config
+
+    config = xpsr_sd15.get_config()
+    config.mesh.shape = (("data", -1), ("fsdp", 8))
+    planned, mesh, dp = slice_config(config, parse("v5p-64"), 2)
+    assert (dict(mesh.shape), dp, planned.global_batch_size) == ({"data": 4, "fsdp": 8}, 32, 64)
+    with pytest.raises(SliceMismatchError, match="4 chips"):
+        slice_config(config, parse("v5p-8"), 2)
+    config.mesh.shape, config.optim.grad_accum_steps = (("data", -1), ("fsdp", 1)), 3
+    with pytest.raises(SliceMismatchError, match="accumulation"):
+        slice_config(config, parse("v5p-8"), 2)
+
+
 def test_collectives_read_from_hlo_text():
     """Synchronous ops counted once; an async pair once, at its -done, with the output's bytes."""
     hlo = "\n".join([

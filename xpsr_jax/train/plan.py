@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from xpsr_jax.errors import UsageError
 from xpsr_jax.train import hlo_stats, plan_cache
 from xpsr_jax.train.tpu_topology import GIB, Topology, parse
 
@@ -189,12 +190,19 @@ def compile_for_slice(lower: Callable[[], Any], target: str) -> CompileResult:
     return CompileResult(memory=memory, attention=attention, lower_seconds=lower_seconds, **figures)
 
 
+class SliceMismatchError(UsageError, ValueError):
+    """The config's mesh or batch cannot be laid on the slice (e.g. fsdp 8 on 4 chips)."""
+
+
 def slice_config(config: ml_collections.ConfigDict, topology: Topology,
                  per_chip_batch: int | None) -> tuple[ml_collections.ConfigDict, Any, int]:
     """-> (config with the global batch for ``per_chip_batch``, the mesh over the slice, data-parallel width)."""
     from xpsr_jax.train import partition
 
-    mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape), topology.devices())
+    try:
+        mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape), topology.devices())
+    except ValueError as e:
+        raise SliceMismatchError(f"{topology.name} ({topology.chips} chips): {e}") from None
     rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
     dp = partition.data_parallel_size(mesh, rules)
     config = ml_collections.ConfigDict(config.to_dict())
@@ -202,8 +210,8 @@ def slice_config(config: ml_collections.ConfigDict, topology: Topology,
         config.global_batch_size = per_chip_batch * dp
     accum = config.optim.grad_accum_steps
     if config.global_batch_size % (dp * accum):
-        raise ValueError(f"global batch {config.global_batch_size} does not split into {dp} data-parallel shards "
-                         f"x {accum} accumulation steps")
+        raise SliceMismatchError(f"global batch {config.global_batch_size} does not split into {dp} data-parallel "
+                                 f"shards x {accum} accumulation steps on {topology.name}")
     return config, mesh, dp
 
 
