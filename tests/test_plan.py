@@ -141,6 +141,22 @@ def test_batch_search_doubles_then_bisects():
     assert best is None
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--config", "tiny", "--topology", "v5e-8"], "add --compile-only"),
+    (["train", "--config", "tiny", "--compile-only"], "needs --topology"),
+    (["train", "--config", "tiny", "--compile-only", "--topology", "v5p-4"], "smallest v5p slice"),
+    (["train", "--config", "tiny"], "--workdir is required"),
+    (["sr", "--compile-only"], "needs --topology"),
+    (["sr", "--topology", "v5e-1", "a.png", "out"], "add --compile-only"),
+    (["sr", "a.png", "out"], "--weights is required"),
+])
+def test_planning_flags_are_checked_before_any_work(argv, says, capsys):
+    from xpsr_jax.cli import main
+
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
 # --- the CLI on the tiny model, compiled for a TPU slice -----------------------------------------------------------
 TINY = ["--config", "tiny", "--config.model.unet.layers_per_block=1", "--config.data.resolution=64"]
 
