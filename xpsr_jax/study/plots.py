@@ -19,6 +19,7 @@ def write_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], spec: St
                  out_dir: str | Path) -> dict[str, Path]:
     """``curves`` from :func:`xpsr_jax.study.results.training_curves` -> ``OUT/<metric>.png``; metric -> path."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,6 +37,7 @@ def write_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], spec: St
             style = LINE_STYLES[spec.seeds.index(key.seed) % len(LINE_STYLES)]
             ax.plot(steps, values, style, color=colours[key.row.name], marker="." if len(steps) < 20 else None,
                     label=f"{key.row.label} (seed {key.seed})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, never 1.2
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.set_title(f"{spec.name}: {metric} against step")
