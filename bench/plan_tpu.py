@@ -120,6 +120,35 @@ def measure(cell) -> list[dict]:
     return [summary]
 
 
+def lower_only(cell: Cell) -> dict:
+    """What the lowering alone tells (no compile: seconds, not tens of minutes): the kernel each attention call
+    got, the program's size before optimisation, and the FLOPs of the XLA-attention lowering."""
+    from xpsr_jax.train.plan import count_attention_kernels, kernel_totals, slice_config
+    from xpsr_jax.train.trainer import global_step_flops, lower_step, plan_state
+
+    config, mesh, dp = slice_config(sd15_config(cell), parse_topology(cell.topology), cell.batch or 8)
+    plan = plan_state(config, mesh)
+    t0 = time.perf_counter()
+    with count_attention_kernels() as counts:
+        lowered = lower_step(config, plan)
+    seconds = time.perf_counter() - t0
+    text = lowered.as_text()
+    flops = global_step_flops(config, plan)
+    return {"what": "plan_lowering", "config": "xpsr_sd15", "cell": f"lower:{cell}", "topology": cell.topology,
+            "mesh": {k: int(v) for k, v in mesh.shape.items()}, "per_chip_batch": config.global_batch_size // dp,
+            "global_batch": config.global_batch_size, "lower_seconds": round(seconds, 1),
+            "attention": dict(sorted(counts.items())), "attention_kernels": kernel_totals(dict(counts)),
+            "stablehlo_ops": sum(1 for line in text.splitlines() if " = " in line),
+            "flops_per_step": flops, "flops_per_image": flops / config.global_batch_size if flops else None,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def parse_topology(name: str):
+    from xpsr_jax.train.tpu_topology import parse
+
+    return parse(name)
+
+
 def append(line: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with JSONL.open("a") as f:
@@ -211,6 +240,26 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
                         f"{m['hbm_gib']} | {'yes' if m['fits'] else 'no'} | {m['attention_kernels']} | "
                         f"{m['compile_seconds']:.0f} / {m.get('compile_cpu_seconds', 0):.0f} |")
         text.append("")
+    lowerings = [m for m in lines if m.get("what") == "plan_lowering"]
+    if lowerings:
+        text += ["## Lowered only (no compile): attention kernels and FLOPs", "",
+                 "The train step of the rows above, traced and lowered for the slice but not compiled "
+                 "(`--lower-only`): which kernel each attention call got (VAE, ControlNet, UNet, text encoder), "
+                 "the program's size before optimisation, and the FLOPs of the same step with XLA attention.", "",
+                 "| cell | per-chip batch | attention kernels (calls) | long self-attentions | StableHLO ops | "
+                 "FLOPs/image (T, XLA attention) | lower (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for m in lowerings:
+            long = []
+            for key, n in m["attention"].items():
+                kernel, lengths, dim = key.split(":")
+                q, kv = (int(x) for x in lengths.split("->"))
+                if min(q, kv) >= 1024:
+                    long.append(f"{kernel} {q}x{kv} {dim} x{n}")
+            kernels = ", ".join(f"{k} {n}" for k, n in m["attention_kernels"].items())
+            flops = f"{m['flops_per_image'] / 1e12:.2f}" if m.get("flops_per_image") else ""
+            text.append(f"| `{m['cell']}` | {m['per_chip_batch']} | {kernels} | {'; '.join(long)} | "
+                        f"{m['stablehlo_ops']} | {flops} | {m['lower_seconds']:.0f} |")
+        text.append("")
     for key, paragraph in notes.items():  # measured facts kept beside the table (tpu-notes.json "section:...")
         if key.startswith("section:"):
             text += [f"## {key.split(':', 1)[1]}", "", paragraph, ""]
@@ -229,6 +278,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", nargs="*", help="cells to measure (default: every cell not yet in the JSONL)")
     p.add_argument("--render", action="store_true", help="only rewrite tpu-fit.md from tpu-plan.jsonl")
+    p.add_argument("--lower-only", action="store_true",
+                   help="for the train cells given: lower without compiling (attention kernels, FLOPs, program size)")
     p.add_argument("--note", action="append", default=[], metavar="CELL=TEXT",
                    help="why a cell is missing (kept in tpu-notes.json)")
     args = p.parse_args()
@@ -246,7 +297,7 @@ def main() -> None:
         done = {line.get("cell") for line in read_lines() if not line.get("probe")}
         cells = [parse_cell(c) for c in args.cells] if args.cells else [c for c in all_cells() if str(c) not in done]
         for cell in cells:
-            for line in measure(cell):
+            for line in ([lower_only(cell)] if args.lower_only else measure(cell)):
                 append(line)
             TABLE.write_text(render(read_lines(), notes))
     TABLE.write_text(render(read_lines(), notes))
