@@ -41,6 +41,7 @@ class Trainer:
     step: Any  # compiled: (state, batch) -> (state, metrics)
     compile_seconds: float
     flops_per_step: float | None  # XLA's count for the compiled program: per device, and blind to GPU libraries
+    step_source: str = "compiled"  # or where the step was loaded from, or why a kept step could not be used
 
     @functools.cached_property
     def global_flops_per_step(self) -> float | None:
@@ -149,8 +150,12 @@ def lower_step(config: ml_collections.ConfigDict, plan: StatePlan, batch_shardin
         return step.lower(plan.abstract_state, abstract_batch)
 
 
-def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
-    """Plan the state and compile the train step ahead of time (its compile time and FLOPs are recorded)."""
+def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh, executable_dir: str | Path | None = None
+                   ) -> Trainer:
+    """Plan the state and compile the train step ahead of time (its compile time and FLOPs are recorded).
+
+    With ``executable_dir`` the step is first looked up there (:mod:`xpsr_jax.train.executable_cache`): a hit
+    is loaded instead of lowered and compiled; a miss compiles and keeps the result there for the next start."""
     plan = plan_state(config, mesh)
     dp = partition.data_parallel_size(mesh, plan.rules)
     accum = config.optim.grad_accum_steps
@@ -160,9 +165,20 @@ def create_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     batch_shardings = {k: partition.batch_sharding(mesh, plan.rules, len(v.shape))
                        for k, v in batch_spec(config).items()}
     t0 = time.perf_counter()
+    if executable_dir is not None:
+        from xpsr_jax.train import executable_cache
+
+        key = executable_cache.step_key(config, mesh)
+        found = executable_cache.load(Path(executable_dir), key)
+        if found.compiled is not None:
+            return Trainer(config, plan, batch_shardings, found.compiled, time.perf_counter() - t0,
+                           _flops(found.compiled), found.reason)
     compiled = lower_step(config, plan, batch_shardings).compile()
     compile_seconds = time.perf_counter() - t0
-    return Trainer(config, plan, batch_shardings, compiled, compile_seconds, _flops(compiled))
+    source = "compiled"
+    if executable_dir is not None:
+        source = f"compiled ({found.reason}); {executable_cache.store(Path(executable_dir), key, compiled)}"
+    return Trainer(config, plan, batch_shardings, compiled, compile_seconds, _flops(compiled), source)
 
 
 def _flops(compiled) -> float | None:
