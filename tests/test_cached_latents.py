@@ -139,11 +139,12 @@ def test_cached_loss_equals_the_online_loss_on_the_same_batch(cached, params):
     np.testing.assert_array_equal(online["hr"], stored["hr"])
     np.testing.assert_array_equal(online["lr"], stored["lr"])
     assert sorted(stored) == ["emb_high", "emb_low", "hr", "latent_moments", "lr"]
-
-    denoiser_only = {k: params[k] for k in ("unet", "controlnet")}
+    swapped = np.all(np.abs(stored["lr"] - (stored["hr"] + 1) / 2) < 1e-6, axis=(1, 2, 3))
+    assert 0 < swapped.sum() < 8  # both branches, so both low-level prompts of a record are looked up
 
     @jax.jit
     def both(params, online, stored, rng):
+        denoiser_only = {k: params[k] for k in ("unet", "controlnet")}
         return (xpsr_loss(nets, params, online, rng, online_cfg),
                 xpsr_loss(nets, denoiser_only, stored, rng, cached_cfg))
 

@@ -298,7 +298,8 @@ def make_data(cfg: MakeDataConfig) -> dict:
     pending = [s for s in mine if not (folder / name(s)).is_file()]
     run = Counts()
     total_items = sum(len(plan.shard_items(s)) for s in pending)
-    bar = tqdm(total=total_items, unit="img", desc=f"make-data host {cfg.host_index}", disable=not cfg.progress)
+    desc = f"make-data host {cfg.host_index}" + (" + encoder cache" if cacher else "")
+    bar = tqdm(total=total_items, unit="img", desc=desc, disable=not cfg.progress)
     pool = None
     try:
         tasks = _tasks(plan, pending, source)
