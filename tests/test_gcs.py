@@ -72,8 +72,24 @@ def _run_env(**extra) -> dict:
 
 
 def _train_cmd(workdir: str, steps: int) -> list[str]:
-    return [XPSR, "train", "--config", "tiny", "--workdir", workdir, f"--config.num_train_steps={steps}",
+    return ["train", "--config", "tiny", "--workdir", workdir, f"--config.num_train_steps={steps}",
             "--config.mesh.shape=(('data', 4), ('fsdp', 2))", "--config.checkpoint_every=2"]
+
+
+def _xpsr(logs: Path, *args: str) -> str:
+    """Run ``xpsr-jax ARGS`` to the end, its output in ``logs``; -> its stdout (on failure, the tail of its
+    stderr names the cause or where it stood)."""
+    logs.mkdir(exist_ok=True)
+    out, err = logs / f"{args[0]}.{time.monotonic_ns()}.out", logs / f"{args[0]}.{time.monotonic_ns()}.err"
+    with open(out, "w") as fout, open(err, "w") as ferr:
+        proc = subprocess.Popen([XPSR, *args], env=_run_env(), stdout=fout, stderr=ferr)
+        try:
+            code = proc.wait(timeout=1800)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"xpsr-jax {' '.join(args)} did not finish: {err.read_text()[-3000:]}")
+    assert code == 0, err.read_text()[-3000:]
+    return out.read_text()
 
 
 def _rows(text: str) -> list[dict]:
@@ -93,7 +109,7 @@ def test_train_killed_resumes_from_bucket_then_export_and_convert_back(gcs_env, 
     stage = tmp_path / "stage"  # the killed run's local copy of its metrics (TMPDIR), read to know its losses
     stage.mkdir()
     cmd = _train_cmd(f"gs://{run}", 4)
-    proc = subprocess.Popen(cmd, env=_run_env(TMPDIR=str(stage)), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([XPSR, *cmd], env=_run_env(TMPDIR=str(stage)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline, killed_rows = time.time() + 900, []
     while time.time() < deadline and proc.poll() is None:
@@ -111,10 +127,9 @@ def test_train_killed_resumes_from_bucket_then_export_and_convert_back(gcs_env, 
     assert not Path("gs:").exists()
     before = _rows(fs.cat(f"{run}/metrics.jsonl").decode())  # copied up at the checkpoints
 
-    done = subprocess.run(cmd, env=_run_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    start = int(re.search(r"^steps (\d+) -> 4;", done.stdout, re.M)[1])
-    assert start >= 2 and f"resumed from step {start} in gs://{run}/checkpoints" in done.stdout
+    stdout = _xpsr(tmp_path / "logs", *cmd)
+    start = int(re.search(r"^steps (\d+) -> 4;", stdout, re.M)[1])
+    assert start >= 2 and f"resumed from step {start} in gs://{run}/checkpoints" in stdout
     after = _rows(fs.cat(f"{run}/metrics.jsonl").decode())
     assert after[:len(before)] == before  # the resumed run appended to the bucket's metrics
     resumed = {r["step"]: r["loss"] for r in after[len(before):]}
@@ -125,15 +140,11 @@ def test_train_killed_resumes_from_bucket_then_export_and_convert_back(gcs_env, 
     events = fs.ls(f"{run}/tensorboard")
     assert len(events) >= 2 and all(fs.size(e) > 0 for e in events)  # a new event file per upload
 
-    ex = subprocess.run([XPSR, "export", f"gs://{run}", f"gs://{BUCKET}/export", "--torch", f"gs://{BUCKET}/torch"],
-                        env=_run_env(), capture_output=True, text=True, timeout=900)
-    assert ex.returncode == 0, ex.stderr[-3000:]
+    _xpsr(tmp_path / "logs", "export", f"gs://{run}", f"gs://{BUCKET}/export", "--torch", f"gs://{BUCKET}/torch")
     meta = json.loads(fs.cat(f"{BUCKET}/export/xpsr.json"))
     assert meta["source"] == {"kind": "training run", "path": f"gs://{run}", "step": 4}
     back = tmp_path / "torch"
-    cv = subprocess.run([XPSR, "convert", "to-torch", f"gs://{BUCKET}/export", str(back)], env=_run_env(),
-                        capture_output=True, text=True, timeout=900)
-    assert cv.returncode == 0, cv.stderr[-3000:]
+    _xpsr(tmp_path / "logs", "convert", "to-torch", f"gs://{BUCKET}/export", str(back))
     from safetensors.numpy import load
 
     for sub in ("unet", "controlnet"):
