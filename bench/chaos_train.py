@@ -50,6 +50,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="default: a temporary folder, removed at the end")
     ap.add_argument("--out", type=Path, help="append the JSON lines here too")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one process may take")
+    ap.add_argument("--keep-reference", action="store_true",
+                    help="reuse a finished reference run in --workdir (same steps; the code must not have changed "
+                         "the step)")
     args = ap.parse_args()
 
     keep = args.workdir is not None
@@ -60,8 +63,13 @@ def main() -> int:
     rng = random.Random(args.seed)
     try:
         ref_dir = root / "reference"
-        shutil.rmtree(ref_dir, ignore_errors=True)
         ref = Run(ref_dir, args, env)
+        reference = {r["step"]: r["loss"] for r in ref.rows()} if args.keep_reference else {}
+        if sorted(reference) == list(range(1, args.steps + 1)):
+            emit({"what": "chaos_reference", "reused": str(ref_dir), "steps": args.steps,
+                  "final_loss": reference[args.steps]})
+            return run_chaos(root, args, env, emit, rng, reference)
+        shutil.rmtree(ref_dir, ignore_errors=True)
         t0 = time.perf_counter()
         ref.start()
         first = ref.wait_for_row(lambda rows: bool(rows), args.timeout)
@@ -73,26 +81,29 @@ def main() -> int:
         emit({"what": "chaos_reference", "steps": args.steps, "checkpoint_every": args.checkpoint_every,
               "seconds_to_first_step": round(first, 2), "seconds": round(time.perf_counter() - t0, 2),
               "final_loss": reference[args.steps]})
-
-        kinds = [KINDS[i % 3] for i in range(args.kills)]
-        rng.shuffle(kinds)
-        chaos_dir = root / "chaos"
-        shutil.rmtree(chaos_dir, ignore_errors=True)
-        run = Run(chaos_dir, args, env)
-        kills = []
-        for i, kind in enumerate(kinds):
-            record = run.kill_once(i, kind, rng, args.timeout)
-            kills.append(record)
-            emit(record)
-            if record.get("error"):
-                return 1
-        final = run.finish(args.timeout)
-        emit(final)
-        emit(summarize(kills, final, run, reference, args))
-        return 0
+        return run_chaos(root, args, env, emit, rng, reference)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def run_chaos(root: Path, args, env: dict, emit, rng: random.Random, reference: dict) -> int:
+    kinds = [KINDS[i % 3] for i in range(args.kills)]
+    rng.shuffle(kinds)
+    chaos_dir = root / "chaos"
+    shutil.rmtree(chaos_dir, ignore_errors=True)
+    run = Run(chaos_dir, args, env)
+    kills = []
+    for i, kind in enumerate(kinds):
+        record = run.kill_once(i, kind, rng, args.timeout)
+        kills.append(record)
+        emit(record)
+        if record.get("error"):
+            return 1
+    final = run.finish(args.timeout)
+    emit(final)
+    emit(summarize(kills, final, run, reference, args))
+    return 0
 
 
 def child_env(cache: Path) -> dict:

@@ -26,8 +26,11 @@ class RestoreError(XPSRError, RuntimeError):
 class RunCheckpoints:
     def __init__(self, directory: str | os.PathLike, save_every: int, keep: int):
         self.directory = paths.absolute(directory)
+        # a save cut short by a kill leaves a temporary step folder (or an uncommitted one on gs://) that orbax
+        # never reads nor deletes by itself: drop those left by earlier processes (awaited before the first save)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
-                                               enable_async_checkpointing=True, create=True)
+                                               enable_async_checkpointing=True, create=True,
+                                               cleanup_tmp_directories=True)
         self.save_every = save_every
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,

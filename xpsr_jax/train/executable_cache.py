@@ -13,9 +13,17 @@ only reading and loading the file; it must therefore cover everything that decid
 - the source of the ``xpsr_jax`` package: an edited loss or model is a new program, even with the same config.
 
 Anything else that goes wrong (a damaged file, a load the runtime refuses) is a miss: the caller compiles and
-says why (:class:`Lookup.reason`). Entries are written atomically, so a kill while writing leaves none.
+says why (:class:`Lookup.reason`). Entries are written atomically, so a kill while writing leaves none, and a
+folder keeps only its newest entry (an entry is as large as the executable: 30 MB for the tiny CPU step).
 JAX's persistent compilation cache keys by the lowered program instead, so it still traces and lowers the step on
 every start; ``bench/cold_start.py`` measures both.
+
+Not used by ``xpsr-jax train`` (it opts in through ``create_trainer(executable_dir=...)`` only): on XLA:CPU with
+jax 0.10.2, a step that was itself read from the persistent compilation cache serializes into an entry that loads
+without error and then fails at its first run (``NOT_FOUND: Function broadcast_maximum_fusion not found``;
+``bench/chaos_train.py`` met it on its second start), so a load is no proof that an entry works. A restart of a
+run therefore uses the persistent cache (:func:`xpsr_jax.train.loop.use_run_compilation_cache`), which costs the
+lowering on top (``bench/results/README.md``).
 """
 
 from __future__ import annotations
@@ -117,4 +125,8 @@ def store(folder: Path, key: str, compiled) -> str:
             f.write(blob)
     except OSError as e:
         return f"not kept: {e}"
+    # one entry per folder: a run's earlier programs (other code, other config) will not be loaded again
+    for old in folder.glob(f"*{SUFFIX}"):
+        if old.name != f"{key}{SUFFIX}":
+            old.unlink(missing_ok=True)
     return f"kept in {folder / (key + SUFFIX)}"

@@ -27,6 +27,9 @@ from xpsr_jax.train.validation import Validator
 from xpsr_jax.errors import XPSRError
 
 
+COMPILATION_CACHE_DIR = "jax-cache"  # in the workdir, unless JAX_COMPILATION_CACHE_DIR names another
+
+
 class NonFiniteLossError(XPSRError, FloatingPointError):
     """The loss became NaN or inf; the message names the step."""
 
@@ -49,6 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir.mkdir(parents=True, exist_ok=True)
     if trainer is None:
         mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape))
+        use_run_compilation_cache(workdir)
         trainer = create_trainer(config, mesh)
     data_iter = data_iter if data_iter is not None else make_data_iterator(config)
     partition.barrier("xpsr_train_ready")
@@ -106,6 +110,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if hasattr(data_iter, "close"):
             data_iter.close()
     return RunSummary(start, step, losses, trainer.compile_seconds, preempted.is_set())
+
+
+def use_run_compilation_cache(workdir) -> None:
+    """Keep this run's compiled programs in ``workdir/jax-cache`` (JAX's persistent compilation cache), so that a
+    restart on the same machine loads the train step instead of compiling it; a cache already set
+    (``JAX_COMPILATION_CACHE_DIR``, ``jax.config``) is kept, and ``gs://`` workdirs get none. Measured in
+    ``bench/results/README.md``: why this and not a serialized executable."""
+    if jax.config.jax_compilation_cache_dir or paths.is_gcs(workdir):
+        return
+    jax.config.update("jax_compilation_cache_dir", str(paths.as_path(workdir) / COMPILATION_CACHE_DIR))
 
 
 def make_data_iterator(config: ml_collections.ConfigDict):
