@@ -152,6 +152,7 @@ class Run:
                f"--config.checkpoint_every={self.args.checkpoint_every}"]
         log = open(self.workdir / f"process-{self.starts}.log", "w")
         self.started_at = time.perf_counter()
+        self.started_wall = time.time() - 1.0  # file times have coarse granularity on some filesystems
         # its own session, so the kill reaches every process it started (and nothing else)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
 
@@ -195,6 +196,18 @@ class Run:
             return []
         return sorted(p.name for p in self.ckpt_dir.iterdir() if TMP_MARK in p.name)
 
+    def fresh_temporary(self, prefix: str) -> list[str]:
+        """Temporary folders named ``prefix...`` that this process made: orbax reuses a step's temporary name, so
+        one left by a killed process differs only by its age."""
+        out = []
+        for name in self.temporary():
+            try:
+                if name.startswith(prefix) and (self.ckpt_dir / name).stat().st_ctime >= self.started_wall:
+                    out.append(name)
+            except OSError:  # removed while looking
+                pass
+        return out
+
     def wait_for_row(self, done, timeout: float, poll: float = 0.05) -> float:
         """Seconds since the process started until ``done(new rows)``; raises if it exits or times out first."""
         while True:
@@ -211,11 +224,11 @@ class Run:
     def kill_once(self, i: int, kind: str, rng: random.Random, timeout: float) -> dict:
         before = self.finished_steps()
         resume_from = before[-1] if before else 0
-        stale = set(self.temporary())
+        stale = self.temporary()
         self.start()
         k = self.args.checkpoint_every
         record = {"what": "chaos_kill", "kill": i + 1, "kind": kind, "resume_expected_from": resume_from,
-                  "stale_temporary_before": sorted(stale)}
+                  "stale_temporary_before": stale}
         try:
             first = self.wait_for_row(lambda rows: bool(rows), timeout)
             record["seconds_to_first_step"] = round(first, 2)
@@ -235,7 +248,7 @@ class Run:
                 if save_at >= self.args.steps:
                     raise ChildExited(f"no checkpoint left to hit before step {self.args.steps}")
                 self.wait_for_row(lambda rows: any(r.get("step") == save_at - 1 for r in rows), timeout)
-                seen, delay = self.hit_save(save_at, kind, stale, rng, timeout)
+                seen, delay = self.hit_save(save_at, kind, rng, timeout)
                 record.update(seen)
                 record["kill_delay_ms"] = round(delay * 1e3, 2)
         except ChildExited as e:
@@ -253,14 +266,14 @@ class Run:
             record["in_window"] = save_at not in after  # the kill landed before orbax finalised the step
         return record
 
-    def hit_save(self, save_at: int, kind: str, stale: set, rng: random.Random, timeout: float):
+    def hit_save(self, save_at: int, kind: str, rng: random.Random, timeout: float):
         """Poll tightly for the save of ``save_at``; kill inside it. Returns what was seen and the delay used."""
         prefix = f"{save_at}{TMP_MARK}"
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise ChildExited(f"exit {self.proc.returncode} before the save of step {save_at}")
-            fresh = [n for n in self.temporary() if n.startswith(prefix) and n not in stale]
+            fresh = self.fresh_temporary(prefix)
             if (self.ckpt_dir / str(save_at)).exists():
                 self.kill()  # finalised before the poll saw it: the window was missed
                 return {"saw": "finalised"}, 0.0
