@@ -36,7 +36,7 @@ test-slow: setup
 
 # Ahead-of-time TPU compiles on this host (libtpu from requirements-tpu.txt, no TPU needed) and interpreted kernels.
 test-tpu: setup
-	$(PY) -m pytest -q -m tpu
+	$(PY) -m pytest -q -m tpu -n $(TEST_WORKERS) --durations=25
 
 bench: setup
 	$(PY) bench/bench_unet.py && $(PY) bench/bench_denoiser.py && $(PY) bench/bench_train.py
