@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-tpu browser bench
+.PHONY: setup demo test test-slow test-tpu test-e2e browser bench
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test-slow: setup
 # Ahead-of-time TPU compiles on this host (libtpu from requirements-tpu.txt, no TPU needed) and interpreted kernels.
 test-tpu: setup
 	$(PY) -m pytest -q -m tpu -n $(TEST_WORKERS) --durations=25
+
+# Long chains of stages: a tiny study end to end, a run killed and resumed through a local GCS emulator.
+test-e2e: setup
+	$(PY) -m pytest -q -m e2e -n $(TEST_WORKERS) --durations=25
 
 bench: setup
 	$(PY) bench/bench_unet.py && $(PY) bench/bench_denoiser.py && $(PY) bench/bench_train.py

@@ -103,6 +103,7 @@ def _committed_steps(fs, run: str) -> list[int]:
     return sorted(int(p.split("/")[-2]) for p in found if p.split("/")[-2].isdigit())
 
 
+@pytest.mark.e2e
 def test_train_killed_resumes_from_bucket_then_export_and_convert_back(gcs_env, tmp_path):
     fs = _fs()
     run = f"{BUCKET}/run"

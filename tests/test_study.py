@@ -100,6 +100,7 @@ def state(workdir: Path, run_id: str) -> dict:
     return json.loads((workdir / "runs" / run_id / "state.json").read_text())["stages"]
 
 
+@pytest.mark.e2e
 def test_every_run_finishes_every_stage_with_one_compiled_step(study):
     assert study.outcome == {r: "done" for r in RUN_IDS}
     assert study.cache.compiled == 0
@@ -115,6 +116,7 @@ def test_every_run_finishes_every_stage_with_one_compiled_step(study):
         assert "ckpt_koniq10k.pt" in dataset["unavailable"]["maniqa"]
 
 
+@pytest.mark.e2e
 def test_the_seeds_are_different_runs(study):
     def losses(run_id):
         lines = (study.workdir / "runs" / run_id / "train" / "metrics.jsonl").read_text().splitlines()
@@ -124,6 +126,7 @@ def test_the_seeds_are_different_runs(study):
     assert len(first) == len(second) == 2 and first != second
 
 
+@pytest.mark.e2e
 def test_the_ablation_samples_without_the_high_level_prompt(study):
     full = json.loads((study.workdir / "runs/full-seed0/sr/photos/chelsea.json").read_text())
     ablation = json.loads((study.workdir / "runs/no_highlevel-seed0/sr/photos/chelsea.json").read_text())
@@ -131,6 +134,7 @@ def test_the_ablation_samples_without_the_high_level_prompt(study):
     assert ablation["prompt_source"] == {"highlevel": "flag", "lowlevel": "official"}
 
 
+@pytest.mark.e2e
 def test_a_killed_study_resumes_without_redoing_finished_stages(study):
     killed = RUN_IDS[2]
     after = snapshot(study.workdir)
@@ -151,6 +155,7 @@ def test_a_killed_study_resumes_without_redoing_finished_stages(study):
     assert "has not finished its sr/photos stage" in study.half_report and killed in study.half_report
 
 
+@pytest.mark.e2e
 def test_report_puts_published_numbers_beside_mean_and_std_with_curves(study):
     from xpsr_jax.cli import main
 
