@@ -36,11 +36,11 @@ test-slow: setup
 
 # Ahead-of-time TPU compiles on this host (libtpu from requirements-tpu.txt, no TPU needed) and interpreted kernels.
 test-tpu: setup
-	$(PY) -m pytest -q -m tpu -n $(TEST_WORKERS) --durations=25
+	$(PY) -m pytest -q -m tpu -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # Long chains of stages: a tiny study end to end, a run killed and resumed through a local GCS emulator.
 test-e2e: setup
-	$(PY) -m pytest -q -m e2e -n $(TEST_WORKERS) --durations=25
+	$(PY) -m pytest -q -m e2e -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: setup
 	$(PY) bench/bench_unet.py && $(PY) bench/bench_denoiser.py && $(PY) bench/bench_train.py
