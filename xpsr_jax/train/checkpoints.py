@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from xpsr_jax import paths
@@ -23,8 +24,26 @@ class RestoreError(XPSRError, RuntimeError):
     """A checkpoint exists but could not be restored; the message names it."""
 
 
+def _one_writer_per_shard_on_cpu() -> None:
+    """On CPU devices, write each distinct shard once from its first replica, as orbax already does on GPU.
+
+    Orbax's default elsewhere (replica-parallel saving) slices every replicated shard into one piece per replica
+    so that several hosts' device-to-host copies share the work. CPU devices all live in host memory, so the
+    pieces only cost a slicing program each: the tiny train state's first save took 36 s with it and 5.6 s
+    without (second save 13.5 s and 6.2 s), on 8 CPU devices of a 2-core machine. The files are the same."""
+    if jax.default_backend() != "cpu":
+        return
+    # the registered default carries an array-metadata store, which the new handler keeps
+    from orbax.checkpoint._src.metadata import array_metadata_store
+
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                                  use_replica_parallel=False), override=True)
+
+
 class RunCheckpoints:
     def __init__(self, directory: str | os.PathLike, save_every: int, keep: int):
+        _one_writer_per_shard_on_cpu()
         self.directory = paths.absolute(directory)
         # a save cut short by a kill leaves a temporary step folder (or an uncommitted one on gs://) that orbax
         # never reads nor deletes by itself: drop those left by earlier processes (awaited before the first save)
