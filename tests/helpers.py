@@ -7,7 +7,9 @@ import torch
 
 from xpsr_jax import testing
 
-TINY_UNET = testing.UNET  # diffusers' UNet2DConditionModel takes the preset's fields as they are
+# diffusers' UNet2DConditionModel takes the preset's fields as they are. The parity and conversion tests keep SD1.5's
+# four levels (the train and sampling programs use the two-level preset, which compiles in half the time)
+TINY_UNET = testing.UNET_4_LEVELS
 
 
 def tiny_train_config(steps: int = 4, mesh=testing.MESH_8):

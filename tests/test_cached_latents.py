@@ -183,9 +183,12 @@ def test_resume_rewrites_a_missing_shard_and_its_embeddings_identically(inputs, 
     before = {p: p.read_bytes() for p in (shard, part.with_suffix(".npy"), part.with_suffix(".json"))}
     for p in before:
         p.unlink()
-    # the stored plan names the checkpoint: the same settings resume; the cache's settings are part of them
-    assert cli_main(_make_args(hr, out, captions, "--cache-latents", "--weights", str(ckpt))) == 0
-    assert all(p.read_bytes() == b for p, b in before.items())
+    # the stored plan names the checkpoint: the same settings resume; the cache's settings are part of them. The
+    # same command, encoder batch included: XLA's convolutions at another batch size round differently, which
+    # moved one bfloat16 latent per record by one step in an earlier version of this test
+    assert cli_main(_make_args(hr, out, captions, "--cache-latents", "--weights", str(ckpt), "--cache-batch",
+                               "3")) == 0
+    assert [p.name for p, b in before.items() if p.read_bytes() != b] == []
     assert cli_main(_make_args(hr, out, captions)) == 2
 
 

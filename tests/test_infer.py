@@ -206,22 +206,23 @@ def test_tiled_vae_matches_untiled(pipe):
     """VAE in 12x12-latent windows with 4 latent pixels of context and shared GroupNorm statistics, against the
     whole 16x16 latent (128^2 image), tiny random VAE.
 
-    Bounds (measured 0.034 / 0.16 and 0.069 / 0.78): encoder means differ by <= 0.05 (mean) and <= 0.2 (max) of
-    their range, decoded images by <= 0.1 (mean) and <= 1.0 (max) on the [-1, 1] scale. With a single window the
-    tiled path is exact. What remains is the context cut at 4 latent pixels where the tiny decoder's receptive
-    field spans ~13, and the windowed mid-block attention: on an image 16 latent pixels wide nearly every pixel
-    is near a cut. With random weights, per-window statistics land about as close (0.066 vs 0.069 decoded, mean);
-    the shared statistics are there for the tone consistency of a trained VAE, which this test cannot measure."""
+    Both sides are measured against their own value range (a random decoder's output is not confined to [-1, 1]:
+    this one spans about -1.3 .. 5.4): encoder means and decoded images differ by <= 0.05 (mean) and <= 0.2 (max)
+    of it (measured: encoder 0.026 / 0.13, decoder 0.008 / 0.15). With a single window the tiled path is exact.
+    What remains is the context cut at 4 latent pixels where the tiny decoder's receptive field spans ~13, and the
+    windowed mid-block attention: on an image 16 latent pixels wide nearly every pixel is near a cut. With random
+    weights, per-window statistics land about as close; the shared statistics are there for the tone consistency
+    of a trained VAE, which this test cannot measure."""
     img = _smooth_image(128, 128)[None].astype(np.float32) / 127.5 - 1
     layout = tiling.core_layout((16, 16), 12, 4)
     mean = np.asarray(pipe.vae.encode(img)[0])
     dec = np.asarray(pipe.vae.decode(mean))
     scale = np.abs(mean).max()
     d_enc = np.abs(np.asarray(pipe.vae.encode(img, layout)[0]) - mean) / scale
-    d_dec = np.abs(np.asarray(pipe.vae.decode(mean, layout)) - dec)
+    d_dec = np.abs(np.asarray(pipe.vae.decode(mean, layout)) - dec) / (dec.max() - dec.min())
     print("vae tiles: enc", d_enc.mean(), d_enc.max(), "dec", d_dec.mean(), d_dec.max())
     assert d_enc.mean() <= 0.05 and d_enc.max() <= 0.2
-    assert d_dec.mean() <= 0.1 and d_dec.max() <= 1.0
+    assert d_dec.mean() <= 0.05 and d_dec.max() <= 0.2
     one = tiling.core_layout((16, 16), 16, 4)  # one window = the whole latent: the tiled path is exact
     np.testing.assert_array_equal(np.asarray(pipe.vae.decode(mean, one)), dec)
 

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xpsr_jax import testing  # noqa: E402
 from xpsr_jax.configs import xpsr_sd15  # noqa: E402
 from helpers import tiny_train_config as tiny_config  # noqa: E402
 from xpsr_jax.train import models, partition  # noqa: E402
@@ -128,7 +129,7 @@ def test_configs_by_bundled_name_or_file(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # away from the checkout
     assert load_config("xpsr_sd15", []).data.resolution == 512
-    assert load_config("tiny.py", []).model.unet.block_out_channels == (32, 64, 64, 64)
+    assert load_config("tiny.py", []).model.unet.block_out_channels == testing.UNET["block_out_channels"]
     mine = tmp_path / "mine.py"
     mine.write_text("from xpsr_jax.configs import tiny\n\ndef get_config():\n    c = tiny.get_config()\n"
                     "    c.num_train_steps = 7\n    return c\n")

@@ -28,7 +28,7 @@ def torch_unet():
 
 @pytest.fixture(scope="module")
 def flax_unet(torch_unet):
-    model = UNet(tiny_config(pixel_attention=False), attention_impl="xla")
+    model = UNet(tiny_config(**TINY_UNET, pixel_attention=False), attention_impl="xla")
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), *_zeros((1, 16, 16, 4), (1,), (1, 77, 32))))
     params = torch_to_flax(state_dict_np(torch_unet), UNET_KEYMAP, nn.unbox(expected["params"]), "tiny unet")
     return model, params, jax.jit(model.apply)

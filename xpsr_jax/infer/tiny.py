@@ -48,11 +48,11 @@ def _random_like(tree, rng: np.random.Generator):
 
 def tiny_params(seed: int = 0) -> tuple[dict, dict]:
     """-> (params, meta) of a tiny random XPSR with VAE and text encoder, NumPy float32."""
-    rng = np.random.default_rng(seed)
     cfg = testing.unet_config()
-    params = dict(_random_like(XPSR(cfg).abstract_params(), rng))
-    params["vae"] = _random_like(vae_abstract_params(TINY_VAE), rng)
-    params["text_encoder"] = _random_like(init_shapes(TINY_TEXT), rng)
+    # one generator per component, so that one component's shapes do not change the others' weights
+    params = dict(_random_like(XPSR(cfg).abstract_params(), np.random.default_rng([seed, 0])))
+    params["vae"] = _random_like(vae_abstract_params(TINY_VAE), np.random.default_rng([seed, 1]))
+    params["text_encoder"] = _random_like(init_shapes(TINY_TEXT), np.random.default_rng([seed, 2]))
     meta = {"unet_config": dataclasses.asdict(cfg), "vae_config": dataclasses.asdict(TINY_VAE),
             "text_encoder_config": dataclasses.asdict(TINY_TEXT),
             "source": {"kind": "tiny-random", "seed": seed}}
