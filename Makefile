@@ -25,22 +25,23 @@ browser:
 	   apt-get install -y -q chromium >/dev/null 2>&1))) || echo "chromium not installed: the HTML screenshot test will skip"
 
 # Two test processes keep a 2-core machine busy (XLA compiles on one core); each test file stays in one process,
-# so its module fixtures compile once. TEST_WORKERS=0 runs everything in this process. The 25 slowest tests are
-# listed at the end.
+# so its module fixtures compile once, and the longest files go first (tests/conftest.py orders them).
+# TEST_WORKERS=0 runs everything in this process. The 25 slowest tests are listed at the end.
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -q $(XDIST) --durations=25
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # Ahead-of-time TPU compiles on this host (libtpu from requirements-tpu.txt, no TPU needed) and interpreted kernels.
 test-tpu: setup
-	$(PY) -m pytest -q -m tpu -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -q -m tpu $(XDIST) --durations=25
 
 # Long chains of stages: a tiny study end to end, a run killed and resumed through a local GCS emulator.
 test-e2e: setup
-	$(PY) -m pytest -q -m e2e -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -q -m e2e $(XDIST) --durations=25
 
 bench: setup
 	$(PY) bench/bench_unet.py && $(PY) bench/bench_denoiser.py && $(PY) bench/bench_train.py

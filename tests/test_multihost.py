@@ -10,6 +10,9 @@ the run's compilation cache (tests/conftest.py) turns every later compile of the
 - two processes on make-data records through grain: each process its own share, both iterator states in the
   checkpoint, and a resumed run continues from them;
 - one process killed with SIGKILL after step 3 resumes from its step-2 checkpoint with bit-identical losses.
+
+The two-process runs on records come first: they compile the 4-device program while, in the other test worker,
+tests/test_train.py compiles the 8-device one that the one-process runs then load from the cache.
 """
 
 import json
@@ -49,6 +52,34 @@ def _metrics(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def test_two_processes_train_on_make_data_records_and_resume(tmp_path):
+    """`xpsr-jax make-data` output -> `xpsr-jax train` on 2 processes through grain: each process reads its own
+    half of the records, both iterator states go into the checkpoint, and the resumed run continues from them."""
+    from PIL import Image
+
+    from xpsr_jax import testing
+    from xpsr_jax.data.make_data import MakeDataConfig, make_data
+    from xpsr_jax.data.synthetic import sample_photos
+
+    (tmp_path / "hr").mkdir()
+    for k, img in enumerate(sample_photos(3, max_side=96)):
+        Image.fromarray(img).save(tmp_path / "hr" / f"{k}.png")
+    make_data(MakeDataConfig(source=str(tmp_path / "hr"), out=str(tmp_path / "pairs"), epochs=4,
+                             crop_size=testing.RESOLUTION, shard_size=5, progress=False))  # 12 records, 3 shards
+    data = ["--config.data.source=records", f"--config.data.path={tmp_path / 'pairs'}"]
+    _two(tmp_path / "run", tmp_path / "logs", 2, *data)
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2]
+    assert all(r["loss"] > 0 for r in _metrics(tmp_path / "run"))
+    for index in range(2):  # each process reads its own half (which half: tests/test_pipeline.py)
+        log = (tmp_path / f"logs/process_{index}.log").read_text()
+        assert f"data: process {index} of 2 reads 6 of 12 records" in log
+    states = sorted(p.name for p in (tmp_path / "run/checkpoints/2/data").glob("process_*.json"))
+    assert states == ["process_0-of-2.json", "process_1-of-2.json"]  # one grain iterator state per process
+    log = _two(tmp_path / "run", tmp_path / "logs2", 3, *data)
+    assert "resumed from step 2" in log
+    assert _metrics(tmp_path / "run")[-1]["step"] == 3
+
+
 def test_sigkill_resumes_exactly_and_two_processes_equal_one(tmp_path):
     """Kill -9 a one-process run after step 3 (checkpoints every 2 steps) and rerun it: the steps both runs
     logged have bit-identical losses. Then 2 processes train step 1 of the same run: the loss equals the
@@ -78,31 +109,3 @@ def test_sigkill_resumes_exactly_and_two_processes_equal_one(tmp_path):
     assert [r["step"] for r in two] == [1]  # process 0 alone writes metrics
     assert abs(two[0]["loss"] - first[0]["loss"]) <= 1e-5 * abs(first[0]["loss"])  # the same global batch
     assert (tmp_path / "two/checkpoints/1").is_dir()
-
-
-def test_two_processes_train_on_make_data_records_and_resume(tmp_path):
-    """`xpsr-jax make-data` output -> `xpsr-jax train` on 2 processes through grain: each process reads its own
-    half of the records, both iterator states go into the checkpoint, and the resumed run continues from them."""
-    from PIL import Image
-
-    from xpsr_jax import testing
-    from xpsr_jax.data.make_data import MakeDataConfig, make_data
-    from xpsr_jax.data.synthetic import sample_photos
-
-    (tmp_path / "hr").mkdir()
-    for k, img in enumerate(sample_photos(3, max_side=96)):
-        Image.fromarray(img).save(tmp_path / "hr" / f"{k}.png")
-    make_data(MakeDataConfig(source=str(tmp_path / "hr"), out=str(tmp_path / "pairs"), epochs=4,
-                             crop_size=testing.RESOLUTION, shard_size=5, progress=False))  # 12 records, 3 shards
-    data = ["--config.data.source=records", f"--config.data.path={tmp_path / 'pairs'}"]
-    _two(tmp_path / "run", tmp_path / "logs", 2, *data)
-    assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2]
-    assert all(r["loss"] > 0 for r in _metrics(tmp_path / "run"))
-    for index in range(2):  # each process reads its own half (which half: tests/test_pipeline.py)
-        log = (tmp_path / f"logs/process_{index}.log").read_text()
-        assert f"data: process {index} of 2 reads 6 of 12 records" in log
-    states = sorted(p.name for p in (tmp_path / "run/checkpoints/2/data").glob("process_*.json"))
-    assert states == ["process_0-of-2.json", "process_1-of-2.json"]  # one grain iterator state per process
-    log = _two(tmp_path / "run", tmp_path / "logs2", 3, *data)
-    assert "resumed from step 2" in log
-    assert _metrics(tmp_path / "run")[-1]["step"] == 3
