@@ -20,7 +20,7 @@ import functools
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,16 @@ class SRResult:
                     self.plan.output)},
                 "prompts": self.texts.as_dict(), "prompt_source": dict(self.prompt.source),
                 "tiles": self.tiles, "seconds": self.seconds}
+
+
+class BatchItem(NamedTuple):
+    """One image of a :meth:`SRPipeline.run_batch` call: the LR image ((h, w, 3) uint8), its size plan, its
+    prompts, and the id that seeds its noise."""
+
+    image: np.ndarray
+    plan: SizePlan
+    prompt: Prompt
+    image_id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,18 +227,19 @@ class SRPipeline:
         plans = [self.plan((im.shape[1], im.shape[0]), image_ids[i]) for i, im in enumerate(images)]
         out: list[SRResult | None] = [None] * len(images)
         for batch in self.schedule(plans):
-            res = self.run_batch([images[i] for i in batch.indices], [plans[i] for i in batch.indices],
-                                 [prompts[i] for i in batch.indices], [image_ids[i] for i in batch.indices],
-                                 batch.tile_plan, batch.sharded, keep_intermediates)
+            items = [BatchItem(images[i], plans[i], prompts[i], image_ids[i]) for i in batch.indices]
+            res = self.run_batch(items, batch.tile_plan, sharded=batch.sharded,
+                                 keep_intermediates=keep_intermediates)
             for i, r in zip(batch.indices, res):
                 out[i] = r
         return out  # type: ignore[return-value]
 
-    def run_batch(self, images: Sequence[np.ndarray], plans: Sequence[SizePlan], prompts: Sequence[Prompt],
-                  image_ids: Sequence[str], tile_plan: TilePlan, sharded: bool = False,
+    def run_batch(self, items: Sequence[BatchItem], tile_plan: TilePlan, *, sharded: bool = False,
                   keep_intermediates: bool = False) -> list[SRResult]:
         """One call's worth of images, all with the same ``plan.process`` size."""
         s = self.settings
+        images, plans = [it.image for it in items], [it.plan for it in items]
+        prompts, image_ids = [it.prompt for it in items], [it.image_id for it in items]
         if len({p.process for p in plans}) != 1:
             raise ValueError("run_batch needs images of one process size; use super_resolve")
         times: dict[str, float] = {}

@@ -24,7 +24,7 @@ from xpsr_jax.data.images import ImageDecodeError
 from xpsr_jax.errors import InputNotFoundError, TextDecodeError
 from xpsr_jax.files import NonFiniteJSONError, atomic_open, atomic_write_text, strict_json_dumps
 from xpsr_jax.infer.inputs import InputImage, PromptFinder, discover
-from xpsr_jax.infer.pipeline import SRPipeline, SRResult
+from xpsr_jax.infer.pipeline import BatchItem, SRPipeline, SRResult
 from xpsr_jax.infer.preprocess import image_size, read_lr_image
 from xpsr_jax.infer.settings import SRSettings
 
@@ -117,8 +117,9 @@ class SRRunner:
         sharded = batch.sharded and same
         try:
             tile_plan = batch.tile_plan if latent == scheduled_latent else pipe.tile_plan(latent, len(members))
-            results = pipe.run_batch([m[1] for m in members], [m[3] for m in members], prompts,
-                                     [i.image_id for i in items], tile_plan, sharded)
+            batch_items = [BatchItem(m[1], m[3], prompt, item.image_id)
+                           for m, prompt, item in zip(members, prompts, items)]
+            results = pipe.run_batch(batch_items, tile_plan, sharded=sharded)
         except Exception as e:  # noqa: BLE001 - reported per image; the remaining batches still run
             for item in items:
                 report.failed.append((str(item.path), f"{type(e).__name__}: {e}"))
