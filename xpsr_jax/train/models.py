@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -39,10 +40,17 @@ class Networks:
         p["text_encoder"] = self.text.init(r3, jnp.zeros((1, 77), jnp.int32))["params"]
         return p
 
+    @functools.cached_property
+    def _abstract_boxed(self) -> dict[str, Any]:
+        # tracing every initialiser takes seconds (3-4 s for the tiny model on 2 cores); a run asks twice
+        return jax.eval_shape(self._init_boxed, jax.random.key(0))
+
     def abstract_params(self, boxed: bool = True) -> dict[str, Any]:
-        """{"unet", "controlnet", "vae", "text_encoder"}: shapes only, with logical axis metadata when boxed."""
-        out = jax.eval_shape(self._init_boxed, jax.random.key(0))
-        return out if boxed else nn.unbox(out)
+        """{"unet", "controlnet", "vae", "text_encoder"}: shapes only, with logical axis metadata when boxed.
+        A new tree on each call (its leaves are immutable shape records), so callers may change it."""
+        out = self._abstract_boxed
+        return jax.tree.map(lambda x: x, out, is_leaf=lambda x: isinstance(x, nn.Partitioned)) if boxed \
+            else nn.unbox(out)
 
     def fresh_params(self, seed: int) -> dict[str, Any]:
         """Random parameters for every network on the host (tests, demo; real runs start from converted SD1.5)."""
