@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 # `-n 2 --dist loadfile --no-loadscope-reorder` each worker takes the next file in this order, so the long files
 # start first and the short ones fill the gaps at the end (longest first; by default xdist would start the files
 # with the most tests, and the two-process runs came last, alone on one worker, for 11 of the run's 24 minutes).
-LONGEST_FIRST = ("test_multihost.py",  # ~260 s
-                 "test_train.py",  # ~235
-                 "test_xpsr_official.py", "test_demo.py", "test_infer.py", "test_unet.py")  # ~40-80 each
+LONGEST_FIRST = ("test_train.py",  # ~300 s
+                 "test_multihost.py",  # ~165
+                 "test_xpsr_official.py", "test_demo.py", "test_infer.py",  # ~65-110 each
+                 "test_infer_cli.py", "test_cached_latents.py", "test_xpsr_torch_ref.py", "test_unet.py")  # ~40
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,8 +11,9 @@ the run's compilation cache (tests/conftest.py) turns every later compile of the
   checkpoint, and a resumed run continues from them;
 - one process killed with SIGKILL after step 3 resumes from its step-2 checkpoint with bit-identical losses.
 
-The two-process runs on records come first: they compile the 4-device program while, in the other test worker,
-tests/test_train.py compiles the 8-device one that the one-process runs then load from the cache.
+The two-process run comes first: it compiles the 4-device program while, in the other test worker,
+tests/test_train.py compiles the 8-device one that the one-process runs then load from the cache. The records
+chain (two more two-process launches, about 3 minutes on 2 cores) is a long chain of stages: ``make test-e2e``.
 """
 
 import json
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 XPSR = str(Path(sys.executable).parent / "xpsr-jax")
@@ -52,6 +55,7 @@ def _metrics(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.e2e
 def test_two_processes_train_on_make_data_records_and_resume(tmp_path):
     """`xpsr-jax make-data` output -> `xpsr-jax train` on 2 processes through grain: each process reads its own
     half of the records, both iterator states go into the checkpoint, and the resumed run continues from them."""
@@ -81,9 +85,14 @@ def test_two_processes_train_on_make_data_records_and_resume(tmp_path):
 
 
 def test_sigkill_resumes_exactly_and_two_processes_equal_one(tmp_path):
-    """Kill -9 a one-process run after step 3 (checkpoints every 2 steps) and rerun it: the steps both runs
-    logged have bit-identical losses. Then 2 processes train step 1 of the same run: the loss equals the
-    one-process loss, metrics come from process 0 alone, and the checkpoint written by both is complete."""
+    """2 processes train step 1: metrics come from process 0 alone and the checkpoint written by both is complete.
+    Then kill -9 a one-process run of the same config after step 3 (checkpoints every 2 steps) and rerun it: the
+    steps both runs logged have bit-identical losses, and its step-1 loss is the two-process one."""
+    _two(tmp_path / "two", tmp_path / "logs", 1)
+    two = _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1]  # process 0 alone writes metrics
+    assert (tmp_path / "two/checkpoints/1").is_dir()
+
     cmd = _cmd(tmp_path / "one", 6, "--config.checkpoint_every=2")
     proc = subprocess.Popen(cmd, env=_one_process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
@@ -103,9 +112,4 @@ def test_sigkill_resumes_exactly_and_two_processes_equal_one(tmp_path):
     overlap = [r for r in first if r["step"] in again]
     assert overlap, "the resumed run should redo the steps after the last checkpoint"
     assert all(r["loss"] == again[r["step"]] for r in overlap)
-
-    _two(tmp_path / "two", tmp_path / "logs", 1)
-    two = _metrics(tmp_path / "two")
-    assert [r["step"] for r in two] == [1]  # process 0 alone writes metrics
     assert abs(two[0]["loss"] - first[0]["loss"]) <= 1e-5 * abs(first[0]["loss"])  # the same global batch
-    assert (tmp_path / "two/checkpoints/1").is_dir()
