@@ -5,12 +5,13 @@ The run is ``xpsr-jax train --config tiny`` on the 8-device CPU mesh (data 4 x f
 uninterrupted reference run, then the chaos run in its own workdir, killed ``--kills`` times at moments drawn from
 ``--seed``, of three kinds:
 
-- ``step``: a random time into a random step after the resume (the train step or the next batch is running);
-- ``checkpoint``: shortly after orbax created the step's temporary folder (``<step>.orbax-checkpoint-tmp-*``),
-  while the asynchronous write of the state runs; whether the kill really landed before the step was finalised is
-  recorded (``in_window``);
-- ``data``: as soon as the data item's folder appears inside the temporary step folder, while the iterator's state
-  file is (or is about to be) written.
+- ``step``: a random time into a random step of the next three checkpoint intervals after the resume (the train
+  step or the next batch is running);
+- ``checkpoint``: in one of the next three saves after the resume, shortly after orbax created the step's
+  temporary folder (``<step>.orbax-checkpoint-tmp-*``), while the asynchronous write of the state runs; whether
+  the kill really landed before the step was finalised is recorded (``in_window``);
+- ``data``: in one of the next three saves, as soon as the data item's folder appears inside the temporary step
+  folder, while the iterator's state file is (or is about to be) written.
 
 After each kill the same command is started again; it must resume from the latest finished checkpoint. Every loss
 row the chaos run writes (``metrics.jsonl``, killed processes' rows included) is compared with the reference row of
@@ -39,6 +40,9 @@ from pathlib import Path
 MESH = "(('data', 4), ('fsdp', 2))"
 TMP_MARK = ".orbax-checkpoint-tmp"
 KINDS = ("step", "checkpoint", "data")
+# a kill may let up to this many checkpoints finish after the resume first, so that the run moves on between kills
+# (aiming every kill at the first save after the resume killed every save of one run: ten resumes from step 0)
+MAX_SAVES_PASSED = 2
 
 
 def main() -> int:
@@ -235,7 +239,7 @@ class Run:
             record["resumed_from"] = self.resumed_step()
             if kind == "step":
                 # any moment between two logged steps that are not checkpoint steps: a step or a batch is running
-                target = resume_from + rng.randint(1, 2 * k)
+                target = resume_from + rng.randint(1, (1 + MAX_SAVES_PASSED) * k)
                 if target % k == 0:
                     target += 1
                 target = min(target, self.args.steps - 1)
@@ -244,8 +248,9 @@ class Run:
                 time.sleep(rng.uniform(0.05, 0.95) * step_seconds)
                 self.kill()
             else:
-                save_at = (resume_from // k + 1) * k
-                if save_at >= self.args.steps:
+                save_at = (resume_from // k + 1 + rng.randint(0, MAX_SAVES_PASSED)) * k
+                save_at = min(save_at, (self.args.steps - 1) // k * k)  # the last save before the final one
+                if save_at <= resume_from:
                     raise ChildExited(f"no checkpoint left to hit before step {self.args.steps}")
                 self.wait_for_row(lambda rows: any(r.get("step") == save_at - 1 for r in rows), timeout)
                 seen, delay = self.hit_save(save_at, kind, rng, timeout)
@@ -262,7 +267,7 @@ class Run:
                        "temporary_after": self.temporary(),
                        "steps_lost": last - (after[-1] if after else 0)})
         if kind != "step":
-            save_at = (resume_from // k + 1) * k
+            record["save_hit"] = save_at
             record["in_window"] = save_at not in after  # the kill landed before orbax finalised the step
         return record
 
