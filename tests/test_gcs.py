@@ -182,3 +182,36 @@ def test_records_in_a_bucket_are_listed_and_read(gcs_env, tmp_path):
     fs.rm(f"{BUCKET}/pairs/records/{records.shard_name(0, 2)}")
     with pytest.raises(ValueError, match="1 of 2 shards are missing"):
         records.list_shards(f"gs://{BUCKET}/pairs")
+
+
+def test_eval_writes_its_reports_to_a_bucket(gcs_env, tmp_path, capsys):
+    """``eval --out gs://...``: the reports are uploaded (results.json last), an existing report is refused
+    without --overwrite, --append reads the bucket's results.json and adds a dataset, and a bucket PRED is refused
+    by name (the images are read from local folders)."""
+    from PIL import Image
+
+    from xpsr_jax.cli import main as cli_main
+    from xpsr_jax.eval.report import load_results
+
+    rng = np.random.default_rng(0)
+    for side in ("pred", "gt"):
+        (tmp_path / side).mkdir()
+        for name in ("a", "b"):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / side / f"{name}.png")
+    report = f"gs://{BUCKET}/report"
+    argv = ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", report, "--metrics", "psnr,ssim",
+            "--no-progress", "--name", "first"]
+    assert cli_main(argv) == 0
+    assert f"{report}/results.json" in capsys.readouterr().out  # the reports are named where they are
+    names = {p.split("/")[-1] for p in _fs().ls(f"{BUCKET}/report")}
+    assert {"results.json", "results.md", "results.csv", "index.html"} <= names
+    assert [d["name"] for d in load_results(f"{report}/results.json")] == ["first"]
+
+    assert cli_main(argv) == 2  # refused before any metric runs
+    assert f"{report}/results.json already exists" in capsys.readouterr().err
+    assert cli_main(argv[:-1] + ["second", "--append"]) == 0
+    assert [d["name"] for d in load_results(f"{report}/results.json")] == ["first", "second"]
+
+    assert cli_main(["eval", f"gs://{BUCKET}/pred", str(tmp_path / "gt"), "--out", str(tmp_path / "r")]) == 2
+    assert f"PRED 'gs://{BUCKET}/pred': gs:// URLs are not supported here" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -45,8 +45,8 @@ def test_refuse_urls_on_commands_without_bucket_support():
     paths.refuse_urls("sr", ["in.png", "out", "--weights", "w"])
     with pytest.raises(UsageError, match=r"'gs://b/out': xpsr-jax sr reads and writes local files only"):
         paths.refuse_urls("sr", ["in.png", "gs://b/out"])
-    with pytest.raises(UsageError, match=r"'gs://b/c.jsonl': xpsr-jax eval"):
-        paths.refuse_urls("eval", ["pred", "gt", "--captions=gs://b/c.jsonl"])
+    with pytest.raises(UsageError, match=r"'gs://b/c.jsonl': xpsr-jax caption"):
+        paths.refuse_urls("caption", ["images", "--import-sidecar=gs://b/c.jsonl"])
     with pytest.raises(UsageError, match=r"xpsr-jax make-data writes local files only \(ArrayRecord's writer has "
                                          r"no GCS support\); write OUT locally, then copy it up"):
         paths.refuse_urls("make-data", ["hr", "gs://b/pairs"])
@@ -92,7 +92,7 @@ def test_train_and_export_refuse_unsupported_schemes(tmp_path, capsys, monkeypat
 
 @pytest.mark.parametrize("argv", [["make-data", "hr", "gs://bucket/pairs"],
                                   ["sr", "in.png", "gs://bucket/out", "--weights", "w"],
-                                  ["eval", "pred", "gt", "--out", "gs://bucket/report"],
+                                  ["eval", "gs://bucket/pred", "gt", "--out", "report"],
                                   ["convert", "to-torch", "gs://bucket/flax", "gs://bucket/torch"]])
 def test_commands_without_bucket_support_refuse_gs_by_name(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

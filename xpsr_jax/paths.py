@@ -7,8 +7,9 @@ here or refused by name:
 
 * ``gs://`` works for a training run's inputs and outputs: ``train --workdir`` (orbax checkpoints through
   TensorStore's GCS driver, ``metrics.jsonl``, TensorBoard events, data-iterator states), ``config.init_from``,
-  ``config.data.path`` (ArrayRecord's own GCS reader), ``export`` (Flax and ``--torch``) and the input of
-  ``convert to-torch``. Listing, small files and uploads go through ``etils.epath`` (fsspec + ``gcsfs``).
+  ``config.data.path`` (ArrayRecord's own GCS reader), ``export`` (Flax and ``--torch``), the input of
+  ``convert to-torch``, and ``eval --out`` (the reports are written locally, then uploaded, ``results.json``
+  last). Listing, small files and uploads go through ``etils.epath`` (fsspec + ``gcsfs``).
 * Every other scheme, and ``gs://`` given to a command that cannot write or read a bucket yet
   (:data:`GCS_COMMANDS` lists those that can), is refused with the reason before any work starts.
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # etils is imported on first use, so that ``xpsr-jax --help``
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 GCS = "gs"
 # the commands (as ``xpsr_jax.cli.command_name`` spells them) with gs:// support; the others refuse every URL
-GCS_COMMANDS = ("train", "export", "convert to-torch")
+GCS_COMMANDS = ("train", "export", "convert to-torch", "eval")
 
 # A path a run reads or writes: a local folder or file, or an object / prefix in a bucket.
 AnyPath = Union[Path, "epath.Path"]
@@ -118,7 +119,7 @@ WHY_LOCAL = {
 
 def refuse_urls(command: str, argv: list[str]) -> None:
     """:class:`UnsupportedPathError` for the first URL on the command line of a command without bucket support
-    (``sr``, ``eval``, ``caption``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
+    (``sr``, ``caption``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
     if command in GCS_COMMANDS:
         return
     for token in argv:

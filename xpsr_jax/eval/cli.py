@@ -106,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, RunInfo, evaluate_dataset
     from .report import RESULTS_JSON, load_results, merge_results, summary_rows, write_reports
 
+    from xpsr_jax import paths
+
     for label, folder in (("PRED", args.pred), ("GT", args.gt), ("--lr", args.lr)):
+        if folder is not None:  # the images are read from local folders; only --out may be a bucket
+            paths.check_local(folder, label)
         if folder is not None and not Path(folder).is_dir():
             print(f"xpsr-jax eval: error: {label} is not a folder: {folder}", file=sys.stderr)
             return 2
@@ -123,11 +127,15 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_dataset(args.pred, args.gt, lr_dir=args.lr, name=args.name, config=config, run=run_info,
                               progress=not args.no_progress)
     datasets = [result]
-    previous = Path(args.out) / RESULTS_JSON
+    out = paths.as_path(args.out)  # a local folder or a gs:// prefix
+    previous = out / RESULTS_JSON
     if args.append and previous.is_file():
         datasets = merge_results(load_results(previous), datasets)
-    paths = write_reports(datasets, args.out, html=not args.no_html, embed_images=args.embed_images,
-                          max_images=args.html_max, crop_size=args.crop_size)
+    # a bucket gets the reports written locally, then uploaded (results.json last: it marks a complete report)
+    with paths.local_output(out, last=(RESULTS_JSON,)) as folder:
+        written = write_reports(datasets, folder, html=not args.no_html, embed_images=args.embed_images,
+                                max_images=args.html_max, crop_size=args.crop_size)
+        written = {kind: out / p.relative_to(folder) for kind, p in written.items()}
 
     for name, reason in result["unavailable"].items():
         print(f"warning: {name} not computed: {reason}", file=sys.stderr)
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(row))
-    print("reports: " + ", ".join(str(p) for p in paths.values()))
+    print("reports: " + ", ".join(str(p) for p in written.values()))
 
     if result["n_evaluated"] == 0:
         print("xpsr-jax eval: error: no image pair could be evaluated", file=sys.stderr)
@@ -162,8 +170,10 @@ def _check_out(args) -> None:
     from .html_page import CROPS, PAGE
     from .report import PER_IMAGE_CSV, RESULTS_CSV, RESULTS_JSON, RESULTS_MD
 
-    out = Path(args.out)
-    refuse_over_inputs(out, [("PRED", args.pred), ("GT", args.gt), ("--lr", args.lr)], "--out")
+    from xpsr_jax.paths import as_path
+
+    out = as_path(args.out, "--out")  # local, or gs:// (the reports are uploaded when written)
+    refuse_over_inputs(args.out, [("PRED", args.pred), ("GT", args.gt), ("--lr", args.lr)], "--out")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file, not a folder")
     reports = [RESULTS_JSON, RESULTS_MD, RESULTS_CSV, PER_IMAGE_CSV] + ([] if args.no_html else [PAGE, CROPS])

@@ -70,7 +70,9 @@ def write_json(datasets: list[dict], path: str | Path) -> Path:
 
 def load_results(path: str | Path) -> list[dict]:
     """Dataset results from a ``results.json`` written by :func:`write_json`."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    from xpsr_jax.paths import as_path
+
+    doc = json.loads(as_path(path).read_text(encoding="utf-8"))  # local, or a report in a bucket (--append)
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path} is not an evaluation report of format {FORMAT} (found {doc.get('format')!r})")
     return [_decode_dataset(d) for d in doc["datasets"]]
