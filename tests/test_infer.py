@@ -206,23 +206,27 @@ def test_tiled_vae_matches_untiled(pipe):
     """VAE in 12x12-latent windows with 4 latent pixels of context and shared GroupNorm statistics, against the
     whole 16x16 latent (128^2 image), tiny random VAE.
 
-    Both sides are measured against their own value range (a random decoder's output is not confined to [-1, 1]:
-    this one spans about -1.3 .. 5.4): encoder means and decoded images differ by <= 0.05 (mean) and <= 0.2 (max)
-    of it (measured: encoder 0.026 / 0.13, decoder 0.008 / 0.15). With a single window the tiled path is exact.
-    What remains is the context cut at 4 latent pixels where the tiny decoder's receptive field spans ~13, and the
-    windowed mid-block attention: on an image 16 latent pixels wide nearly every pixel is near a cut. With random
-    weights, per-window statistics land about as close; the shared statistics are there for the tone consistency
-    of a trained VAE, which this test cannot measure."""
+    Bounds: encoder means differ by <= 0.05 (mean) and <= 0.2 (max) of their range; decoded images by <= 0.1
+    (mean) and, on the image the pipeline writes (``decoded_to_uint8`` keeps [-1, 1]), <= 1.0 (max), on the
+    [-1, 1] scale. Measured with the current tiny weights: encoder 0.026 / 0.13, decoder mean 0.054, image max
+    0.59 (1.01 before clipping, at a pixel where this random decoder leaves [-1, 1], as 9% of its pixels do; the
+    weights drawn before each component had its own generator gave 0.034 / 0.16, 0.069 and 0.78). With a single
+    window the tiled path is exact. What remains is the context cut at 4 latent pixels where the tiny decoder's
+    receptive field spans ~13, and the windowed mid-block attention: on an image 16 latent pixels wide nearly
+    every pixel is near a cut. With random weights, per-window statistics land about as close; the shared
+    statistics are there for the tone consistency of a trained VAE, which this test cannot measure."""
     img = _smooth_image(128, 128)[None].astype(np.float32) / 127.5 - 1
     layout = tiling.core_layout((16, 16), 12, 4)
     mean = np.asarray(pipe.vae.encode(img)[0])
     dec = np.asarray(pipe.vae.decode(mean))
+    tiled = np.asarray(pipe.vae.decode(mean, layout))
     scale = np.abs(mean).max()
     d_enc = np.abs(np.asarray(pipe.vae.encode(img, layout)[0]) - mean) / scale
-    d_dec = np.abs(np.asarray(pipe.vae.decode(mean, layout)) - dec) / (dec.max() - dec.min())
-    print("vae tiles: enc", d_enc.mean(), d_enc.max(), "dec", d_dec.mean(), d_dec.max())
+    d_dec = np.abs(tiled - dec)
+    d_img = np.abs(np.clip(tiled, -1, 1) - np.clip(dec, -1, 1))
+    print("vae tiles: enc", d_enc.mean(), d_enc.max(), "dec", d_dec.mean(), d_dec.max(), "image max", d_img.max())
     assert d_enc.mean() <= 0.05 and d_enc.max() <= 0.2
-    assert d_dec.mean() <= 0.05 and d_dec.max() <= 0.2
+    assert d_dec.mean() <= 0.1 and d_img.max() <= 1.0
     one = tiling.core_layout((16, 16), 16, 4)  # one window = the whole latent: the tiled path is exact
     np.testing.assert_array_equal(np.asarray(pipe.vae.decode(mean, one)), dec)
 

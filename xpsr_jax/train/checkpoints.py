@@ -9,6 +9,7 @@ layout; a checkpoint that exists but does not restore is an error, never a silen
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -24,13 +25,15 @@ class RestoreError(XPSRError, RuntimeError):
     """A checkpoint exists but could not be restored; the message names it."""
 
 
+@functools.cache
 def _one_writer_per_shard_on_cpu() -> None:
     """On CPU devices, write each distinct shard once from its first replica, as orbax already does on GPU.
 
     Orbax's default elsewhere (replica-parallel saving) slices every replicated shard into one piece per replica
     so that several hosts' device-to-host copies share the work. CPU devices all live in host memory, so the
     pieces only cost a slicing program each: the tiny train state's first save took 36 s with it and 5.6 s
-    without (second save 13.5 s and 6.2 s), on 8 CPU devices of a 2-core machine. The files are the same."""
+    without (second save 13.5 s and 6.2 s), on 8 CPU devices of a 2-core machine. Restoring reads them as before
+    (the exact-resume tests and bench/chaos_train.py restore them bit for bit). Registered once per process."""
     if jax.default_backend() != "cpu":
         return
     # the registered default carries an array-metadata store, which the new handler keeps
