@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from xpsr_jax.args import add_overwrite, finite_float, int_in, positive_float, positive_int
+from xpsr_jax.nn.attention_policy import IMPLS
 from xpsr_jax.train.plan_cli import SR_PLAN_HELP, add_sr_plan_arguments, run_sr_plan
 
 EXAMPLES = """examples:
@@ -66,6 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-latent-tile", type=positive_int, default=d.max_latent_tile,
                    help="tile the denoiser above this latent side (320 = 2560 px, the official threshold)")
     r.add_argument("--max-vae-tile", type=positive_int, help="cap on the VAE tile side in latent pixels")
+    r.add_argument("--attention", default=d.attention_impl, choices=IMPLS,
+                   help="attention kernels: auto = splash on TPU, cuDNN flash on GPU where it applies, else XLA "
+                        "(default %(default)s)")
+    r.add_argument("--splash-min-length", type=positive_int, default=d.splash_min_length,
+                   help="TPU: self-attentions of at least this many tokens use splash (default %(default)s)")
     r.add_argument("--max-input-pixels", type=positive_int, default=d.max_input_pixels,
                    help="refuse larger inputs before decoding (default %(default)s)")
     add_sr_plan_arguments(p)
@@ -83,7 +89,8 @@ def _settings(args):
         negative_prompt=args.negative_prompt, lowlevel_negative_prompt=args.lowlevel_negative_prompt,
         color_fix=args.color_fix, seed=args.seed, dtype=args.dtype, batch_size=args.batch_size,
         memory_budget_gb=args.memory_budget_gb, max_latent_tile=args.max_latent_tile,
-        max_vae_tile=args.max_vae_tile, max_input_pixels=args.max_input_pixels)
+        max_vae_tile=args.max_vae_tile, max_input_pixels=args.max_input_pixels, attention_impl=args.attention,
+        splash_min_length=args.splash_min_length)
 
 
 def run(args) -> int:

@@ -14,6 +14,7 @@ at the sampler's first timestep and again at ``added_noise_level``) -> the jitte
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -22,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,7 @@ from xpsr_jax.models.clip_text import ClipTextConfig, ClipTextModel
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.models.vae_config import VAEConfig
 from xpsr_jax.models.xpsr import XPSR
+from xpsr_jax.nn import axes
 from xpsr_jax.weights import checkpoint
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder")
@@ -128,15 +131,15 @@ class SRPipeline:
             raise ValueError(f"super-resolution needs the {missing} parameters (convert with --sd15 to include "
                              f"the VAE and text encoder)")
         compute = jnp.bfloat16 if s.dtype == "bfloat16" else None
-        self.model = XPSR(unet_config, attention_impl=s.attention_impl, dtype=compute)
+        self.model = XPSR(unet_config, attention_impl=s.attention, dtype=compute)
         den = {"unet": params["unet"], "controlnet": params["controlnet"]}
         if compute is not None:  # cast once: the loop then never converts weights
             den = jax.tree.map(lambda a: jnp.asarray(a, compute), den)
         self.denoiser_params = jax.tree.map(jnp.asarray, den)
         self.vae_config = vae_config
-        self.vae = TiledVAE(vae_config, jax.tree.map(jnp.asarray, params["vae"]), s.attention_impl)
+        self.vae = TiledVAE(vae_config, jax.tree.map(jnp.asarray, params["vae"]), s.attention)
         self.text_params = jax.tree.map(jnp.asarray, params["text_encoder"])
-        self._encode_text = _text_fn(ClipTextModel(text_config, attention_impl=s.attention_impl))
+        self._encode_text = _text_fn(ClipTextModel(text_config, attention_impl=s.attention))
         self.tokenizer = tokenizer
         self.sampler = make_sampler(s.sampler, s.steps, eta=s.eta)
         self._start = _START
@@ -174,8 +177,8 @@ class SRPipeline:
         where shapes or static choices change)."""
         new = copy.copy(self)
         new.settings = self.settings.replace(**changes)
-        if new.settings.dtype != self.settings.dtype or new.settings.attention_impl != self.settings.attention_impl:
-            raise ValueError("dtype and attention_impl need a new pipeline (from_pretrained)")
+        if new.settings.dtype != self.settings.dtype or new.settings.attention != self.settings.attention:
+            raise ValueError("dtype, attention_impl and splash_min_length need a new pipeline (from_pretrained)")
         new.sampler = make_sampler(new.settings.sampler, new.settings.steps, eta=new.settings.eta)
         return new
 
@@ -266,23 +269,24 @@ class SRPipeline:
 
         keys = noise.image_keys(s.seed, image_ids)
         cond = cond_u8.astype(np.float32) / np.float32(255.0)
-        put = self._sharder(sharded)
-        h, w = plans[0].latent
-        vae_layout = None if tile_plan.vae_tile is None else core_layout((h, w), tile_plan.vae_tile,
-                                                                          s.vae_tile_context)
-        mean, logvar = self.vae.encode(put(cond * 2.0 - 1.0), vae_layout)
-        lap("vae_encode", mean)
-        z = self._start(put(mean), put(logvar), put(keys), jnp.int32(self.sampler.timesteps[0]),
-                        jnp.int32(s.added_noise_level), jnp.float32(self.vae_config.scaling_factor),
-                        from_noise=s.start_from_noise)
-        loop = self._loop(tile_plan, (h, w))
-        params = self._replicate(sharded)
-        conds = Conditions(lr=put(cond), e_high=put(e_high), e_low=put(e_low),
-                           guidance_scale=jnp.float32(s.guidance_scale),
-                           conditioning_scale=jnp.float32(s.conditioning_scale))
-        z0 = loop(params, z, conds, put(noise.role(keys, noise.STEPS)))
-        lap("denoise", z0)
-        decoded = self.vae.decode(z0 / jnp.float32(self.vae_config.scaling_factor), vae_layout)
+        with self._placement(sharded):
+            put = self._sharder(sharded)
+            h, w = plans[0].latent
+            vae_layout = None if tile_plan.vae_tile is None else core_layout((h, w), tile_plan.vae_tile,
+                                                                              s.vae_tile_context)
+            mean, logvar = self.vae.encode(put(cond * 2.0 - 1.0), vae_layout)
+            lap("vae_encode", mean)
+            z = self._start(put(mean), put(logvar), put(keys), jnp.int32(self.sampler.timesteps[0]),
+                            jnp.int32(s.added_noise_level), jnp.float32(self.vae_config.scaling_factor),
+                            from_noise=s.start_from_noise)
+            loop = self._loop(tile_plan, (h, w))
+            params = self._replicate(sharded)
+            conds = Conditions(lr=put(cond), e_high=put(e_high), e_low=put(e_low),
+                               guidance_scale=jnp.float32(s.guidance_scale),
+                               conditioning_scale=jnp.float32(s.conditioning_scale))
+            z0 = loop(params, z, conds, put(noise.role(keys, noise.STEPS)))
+            lap("denoise", z0)
+            decoded = self.vae.decode(z0 / jnp.float32(self.vae_config.scaling_factor), vae_layout)
         pixels = decoded_to_uint8(lap("vae_decode", decoded))
         results = []
         for i in range(b):
@@ -308,6 +312,17 @@ class SRPipeline:
 
     def _mesh(self) -> Mesh:
         return Mesh(np.array(jax.local_devices()), ("batch",))
+
+    def _placement(self, sharded: bool):
+        """Where a call's programs are traced: a sharded call under the devices' mesh, its images split by the
+        logical batch axis. The mesh tells the attention layer the platform ("auto" takes splash on TPU), and
+        splash runs per device in a shard_map over that axis: XLA cannot partition a Pallas kernel itself."""
+        if not sharded:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self._mesh()))
+        stack.enter_context(nn.logical_axis_rules(((axes.BATCH, "batch"),)))
+        return stack
 
     def _sharder(self, sharded: bool):
         if not sharded:

@@ -39,7 +39,7 @@ def plan_denoise(topology: str | Topology, batch: int, process: int = 512, *, un
     unet_config = unet_config or UNetConfig()
     vae_config = vae_config or VAEConfig()
     compute = jnp.bfloat16 if settings.dtype == "bfloat16" else jnp.float32
-    model = XPSR(unet_config, attention_impl=settings.attention_impl, dtype=compute)
+    model = XPSR(unet_config, attention_impl=settings.attention, dtype=compute)
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, compute), model.abstract_params())
     param_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
     h = w = process // 8

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+
 from xpsr_jax.errors import UsageError
+from xpsr_jax.nn.attention_policy import DEFAULT_SPLASH_MIN_LENGTH, IMPLS, AttentionImpl
 
 ADDED_PROMPT = "clean, high-resolution, 8k, high quality, clear text."
 NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed."
@@ -61,7 +63,8 @@ class SRSettings:
     color_fix: str = "adain"
     seed: int = 0
     dtype: str = "float32"  # compute dtype of the UNet/ControlNet; VAE and text encoder always run in fp32
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # see xpsr_jax.nn.attention: auto, xla, cudnn, splash
+    splash_min_length: int = DEFAULT_SPLASH_MIN_LENGTH  # TPU: self-attentions this long or longer use splash
     # --- resources: these choose how the work is split, not what it computes (tiling aside, see tile_plan.py)
     memory_budget_gb: float | None = None  # None: 80% of the device's memory (8 GiB where it cannot be read)
     # denoiser: tile when the latent area exceeds max_latent_tile^2 (the official threshold, 320) or the budget;
@@ -106,6 +109,15 @@ class SRSettings:
             bad("latent_tile_overlap", "overlaps must be >= 0")
         if self.batch_size < 1:
             bad("batch_size", "must be >= 1")
+        if self.attention_impl not in IMPLS:
+            bad("attention_impl", f"expected one of {IMPLS}")
+        if self.splash_min_length < 1:
+            bad("splash_min_length", "must be >= 1")
+
+    @property
+    def attention(self) -> AttentionImpl:
+        """The kernel policy every network of the pipeline is built with."""
+        return AttentionImpl(self.attention_impl, self.splash_min_length)
 
     def replace(self, **kw) -> "SRSettings":
         return dataclasses.replace(self, **kw)
@@ -115,5 +127,6 @@ class SRSettings:
 
     def pixel_settings(self) -> dict[str, Any]:
         """The settings that decide the output pixels (what a result's JSON sidecar records)."""
-        resources = {"memory_budget_gb", "batch_size", "max_input_pixels", "max_process_pixels", "attention_impl"}
+        resources = {"memory_budget_gb", "batch_size", "max_input_pixels", "max_process_pixels", "attention_impl",
+                     "splash_min_length"}
         return {k: v for k, v in self.to_dict().items() if k not in resources}

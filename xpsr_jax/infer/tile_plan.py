@@ -51,8 +51,11 @@ def device_budget(budget_gb: float | None, device=None) -> int:
 
 
 def uses_flash_attention(dtype: str, attention_impl: str, backend: str | None = None) -> bool:
-    """Whether the denoiser's self-attention avoids N^2 memory (cuDNN flash: GPU, half precision)."""
+    """Whether the denoiser's long self-attentions avoid N^2 memory: cuDNN flash (GPU, half precision) or
+    splash (TPU, any dtype; the short ones it leaves to XLA are small)."""
     backend = backend or jax.default_backend()
+    if backend == "tpu":
+        return attention_impl in ("auto", "splash")
     return backend == "gpu" and dtype == "bfloat16" and attention_impl in ("auto", "cudnn")
 
 
