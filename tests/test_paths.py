@@ -42,11 +42,12 @@ def test_argparse_types_name_the_url():
 
 def test_refuse_urls_on_commands_without_bucket_support():
     paths.refuse_urls("train", ["--workdir", "gs://b/run"])  # supported: nothing raised
-    paths.refuse_urls("sr", ["in.png", "out", "--weights", "w"])
-    with pytest.raises(UsageError, match=r"'gs://b/out': xpsr-jax sr reads and writes local files only"):
-        paths.refuse_urls("sr", ["in.png", "gs://b/out"])
-    with pytest.raises(UsageError, match=r"'gs://b/c.jsonl': xpsr-jax caption"):
-        paths.refuse_urls("caption", ["images", "--import-sidecar=gs://b/c.jsonl"])
+    paths.refuse_urls("sr", ["in.png", "gs://b/out", "--weights", "gs://b/w"])  # the command checks its INPUTs
+    with pytest.raises(UsageError, match=r"'gs://b/run': xpsr-jax study reads and writes local files only"):
+        paths.refuse_urls("study", ["--workdir", "gs://b/run"])
+    paths.refuse_urls("caption", ["images", "gs://b/c.jsonl"])  # the command itself refuses other schemes
+    with pytest.raises(UsageError, match=r"'gs://b/pairs': xpsr-jax make-data"):
+        paths.refuse_urls("make-data", ["hr", "--out=gs://b/pairs"])
     with pytest.raises(UsageError, match=r"xpsr-jax make-data writes local files only \(ArrayRecord's writer has "
                                          r"no GCS support\); write OUT locally, then copy it up"):
         paths.refuse_urls("make-data", ["hr", "gs://b/pairs"])
@@ -61,6 +62,20 @@ def test_emulator_host_reaches_tensorstore_and_array_record(monkeypatch):
 
     assert os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] == "http://127.0.0.1:9"
     assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == "http://kept:1"  # a client's own setting wins
+
+
+@pytest.mark.parametrize("argv, named", [(["caption", "images", "s3://b/c.jsonl"], "OUT 's3://b/c.jsonl'"),
+                                         (["caption", "--merge", "s3://b/c.jsonl"], "OUT 's3://b/c.jsonl'"),
+                                         (["caption", "gs://b/images", "c.jsonl"], "IMAGES 'gs://b/images'"),
+                                         (["caption", "--import-sidecar", "s3://b/txt", "gs://b/c.jsonl"],
+                                          "--import-sidecar 's3://b/txt'")])
+def test_caption_takes_gs_for_out_only(argv, named, tmp_path, capsys, monkeypatch):
+    """caption's OUT may be gs:// (tests/test_gcs_captions.py); its inputs are local, and other schemes are
+    refused by name before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_local_output_is_the_folder_itself_when_local(tmp_path):
@@ -91,7 +106,7 @@ def test_train_and_export_refuse_unsupported_schemes(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("argv", [["make-data", "hr", "gs://bucket/pairs"],
-                                  ["sr", "in.png", "gs://bucket/out", "--weights", "w"],
+                                  ["sr", "gs://bucket/in.png", "out", "--weights", "w"],
                                   ["eval", "gs://bucket/pred", "gt", "--out", "report"],
                                   ["convert", "to-torch", "gs://bucket/flax", "gs://bucket/torch"]])
 def test_commands_without_bucket_support_refuse_gs_by_name(argv, tmp_path, capsys, monkeypatch):

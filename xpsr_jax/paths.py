@@ -8,8 +8,10 @@ here or refused by name:
 * ``gs://`` works for a training run's inputs and outputs: ``train --workdir`` (orbax checkpoints through
   TensorStore's GCS driver, ``metrics.jsonl``, TensorBoard events, data-iterator states), ``config.init_from``,
   ``config.data.path`` (ArrayRecord's own GCS reader), ``export`` (Flax and ``--torch``), the input of
-  ``convert to-torch``, and ``eval --out`` (the reports are written locally, then uploaded, ``results.json``
-  last). Listing, small files and uploads go through ``etils.epath`` (fsspec + ``gcsfs``).
+  ``convert to-torch``, ``eval --out`` (the reports are written locally, then uploaded, ``results.json``
+  last), and the caption store ``OUT`` of ``caption`` (read in place; appended to a local copy that is uploaded
+  whole every minute and at the end, ``--merge`` and the imports included). Listing, small files and uploads go
+  through ``etils.epath`` (fsspec + ``gcsfs``).
 * Every other scheme, and ``gs://`` given to a command that cannot write or read a bucket yet
   (:data:`GCS_COMMANDS` lists those that can), is refused with the reason before any work starts.
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # etils is imported on first use, so that ``xpsr-jax --help``
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 GCS = "gs"
 # the commands (as ``xpsr_jax.cli.command_name`` spells them) with gs:// support; the others refuse every URL
-GCS_COMMANDS = ("train", "export", "convert to-torch", "eval")
+GCS_COMMANDS = ("train", "export", "convert to-torch", "eval", "caption", "sr")
 
 # A path a run reads or writes: a local folder or file, or an object / prefix in a bucket.
 AnyPath = Union[Path, "epath.Path"]
@@ -119,7 +121,7 @@ WHY_LOCAL = {
 
 def refuse_urls(command: str, argv: list[str]) -> None:
     """:class:`UnsupportedPathError` for the first URL on the command line of a command without bucket support
-    (``sr``, ``caption``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
+    (``sr``, ``make-data``, ...), so it never becomes a local folder called ``gs:``."""
     if command in GCS_COMMANDS:
         return
     for token in argv:
@@ -174,3 +176,34 @@ def local_output(dst: str | os.PathLike, last: tuple[str, ...] = ()) -> Iterator
     with tempfile.TemporaryDirectory(prefix="xpsr-upload-") as tmp:
         yield Path(tmp)
         upload_tree(tmp, dst, last)
+
+
+@contextlib.contextmanager
+def local_copy(src: str | os.PathLike) -> Iterator[Path]:
+    """A local folder with the contents of ``src``, for a reader that knows only local files: ``src`` itself when
+    local, else a temporary copy of the bucket prefix (removed when the block ends)."""
+    src = as_path(src)
+    if isinstance(src, Path):
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="xpsr-download-") as tmp:
+        root = str(src).rstrip("/") + "/"
+        for url in list_objects(src):
+            target = Path(tmp, url[len(root):])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(as_path(url).read_bytes())
+        yield Path(tmp)
+
+
+def list_objects(prefix: str | os.PathLike) -> list[str]:
+    """The ``gs://`` URLs of every object under a bucket prefix, in one listing (``epath`` refuses recursive globs
+    on buckets; GCS lists a prefix's objects at every depth in one request per thousand)."""
+    import fsspec
+
+    use_emulator_for_all_clients()
+    root = str(prefix).rstrip("/")
+    if not is_gcs(root):
+        raise ValueError(f"{root!r} is not a gs:// prefix")
+    fs = fsspec.filesystem("gs")
+    fs.invalidate_cache(root[len("gs://"):])  # gcsfs keeps listings for the process's life; a listing is asked fresh
+    return [f"gs://{p}" for p in fs.find(root[len("gs://"):] + "/")]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xpsr_jax import paths
 from xpsr_jax.args import add_overwrite, nonnegative_int, positive_int
 
 HELP = "offline MLLM captions (high-level content, low-level quality) of an image folder or make-data pairs"
@@ -39,6 +40,11 @@ Resumable: ids that already have a record (whatever its fields) are skipped, so 
 Split work across processes or hosts with --num-shards/--shard-index: shard I writes OUT with a -shard-I-of-N suffix; opening OUT as a
 caption store (this command does) also reads its shard files, and --merge folds them into OUT once all are done.
 Unreadable images are listed at the end and make the exit status 1; the others are captioned regardless.
+
+OUT may be a Cloud Storage object, gs://bucket/captions.jsonl (IMAGES, --hr-dir and the import folders stay
+local): the records go to a local copy of the file this process writes, uploaded whole every 60 s and at the
+end (OUT.meta.json after it), since GCS objects cannot be appended to. Shards each upload their own object, so
+hosts share one bucket; --merge and the imports read and write the bucket too.
 """
 
 EPILOG = """\
@@ -51,12 +57,16 @@ examples:
   # 4 hosts, then merge:
   xpsr-jax caption images/ captions.jsonl --num-shards 4 --shard-index $HOST_INDEX
   xpsr-jax caption --merge captions.jsonl
+  # the same in a bucket (application-default credentials):
+  xpsr-jax caption images/ gs://bucket/captions.jsonl --num-shards 4 --shard-index $HOST_INDEX
+  xpsr-jax caption --merge gs://bucket/captions.jsonl
   # reuse the official prompt folders (highlevel_prompt/, lowlevel_prompt_q/, *_GT/):
   xpsr-jax caption --import-official testset/RealSR_CenterCrop realsr_captions.jsonl
 
 existing files: captioning only appends records for ids that have none (resume); an import that would replace
 records OUT already holds is refused unless --overwrite; OUT may not be a folder, an input, or lie inside an
-input folder. A line cut short by a crash at the end of OUT is dropped when OUT is next opened.
+input folder. A line cut short by a crash at the end of OUT is dropped when OUT is next opened. A gs:// OUT
+is uploaded every 60 s: a crash loses the records added since the last upload, and a rerun captions them again.
 
 exit status: 0 when every image owned by this shard has captions; 1 when some image could not be read or
 paired (listed on stderr), or when there was nothing to caption or import; 2 for bad arguments, missing
@@ -73,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="?", metavar="IMAGES",
                    help="folder of images (searched recursively), or a make-data output folder")
-    p.add_argument("out", nargs="?", metavar="OUT", help="caption store, a .jsonl file")
+    p.add_argument("out", nargs="?", metavar="OUT", help="caption store, a .jsonl file (local or gs://)")
     p.add_argument("--hr-dir", metavar="HR", help="folder of the paired HR images (same ids); fills the _hr fields")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID",
                    help="LLaVA model for the high-level pass: hub id or local folder (default: %(default)s)")
@@ -115,6 +125,7 @@ def _single_out(args) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``caption`` for parsed arguments; returns the exit status."""
+    _check_schemes(args)
     imports = [m for m in (args.import_official, args.import_sidecar) if m]
     if len(imports) > 1:
         return _error("give one of --import-official and --import-sidecar")
@@ -124,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         out = _single_out(args)
         if out is None:
             return _error("--merge needs OUT")
-        return _run_merge(Path(out))
+        return _run_merge(paths.as_path(out, "OUT"))
     if args.images is None or args.out is None:
         return _error("IMAGES and OUT are required (see --help)")
     if args.merge and args.num_shards > 1:
@@ -133,7 +144,22 @@ def run(args: argparse.Namespace) -> int:
     status = _run_caption(args)
     if status == 2 or not args.merge:
         return status
-    return max(status, _run_merge(Path(args.out)))
+    return max(status, _run_merge(paths.as_path(args.out, "OUT")))
+
+
+def _check_schemes(args) -> None:
+    """Before any work: inputs are read from local files (or the hub, for models); only OUT may be a URL, and
+    then only gs://."""
+    single = args.out is None  # import and merge modes: the one positional is OUT
+    inputs = {"IMAGES": None if single else args.images, "--hr-dir": args.hr_dir,
+              "--import-official": args.import_official, "--import-sidecar": args.import_sidecar,
+              "--model": args.model, "--lowlevel-model": args.lowlevel_model}
+    for label, value in inputs.items():
+        if value is not None:
+            paths.check_local(value, label)
+    out = args.images if single else args.out
+    if out is not None:
+        paths.as_path(out, "OUT")
 
 
 def _run_import(args, source: Path) -> int:
@@ -144,6 +170,7 @@ def _run_import(args, source: Path) -> int:
     out = _single_out(args)
     if out is None:
         return _error("an import takes DIR and OUT only")
+    out = paths.as_path(out, "OUT")
     if not source.is_dir():
         return _error(f"not a folder: {source}")
     _check_out(out, [("DIR", source)])
@@ -155,35 +182,36 @@ def _run_import(args, source: Path) -> int:
         records = read_sidecars(source, args.sidecar_field)
     if not records:
         raise NothingDoneError(f"no prompt files (*.txt) found under {source}; nothing imported")
-    _refuse_replacing(Path(out), records, args.overwrite)
-    count = import_records(out, records)
+    _refuse_replacing(out, records, args.overwrite)
+    count = import_records(out, records)  # a bucket store: one upload on close (and one a minute if it runs longer)
     print(f"imported {count} records from {source} into {out}")
     return 0
 
 
-def _check_out(out, inputs) -> None:
-    """OUT is a store file: not a folder, not an input, not inside an input folder."""
+def _check_out(out: paths.AnyPath, inputs) -> None:
+    """OUT (local or gs://) is a store file: not a folder, not an input, not inside an input folder."""
     from xpsr_jax.errors import OutputExistsError
     from xpsr_jax.outputs import refuse_over_inputs
 
     refuse_over_inputs(out, inputs)
-    if Path(out).is_dir():
+    if out.is_dir():  # in a bucket: objects exist under OUT/
         raise OutputExistsError(f"OUT {out} is a folder; give the caption store's file name (a .jsonl)")
-    if not _is_store(Path(out)):
+    if not _is_store(out):
         raise OutputExistsError(f"OUT {out} exists and is not a caption store (its first line is not a JSON record "
                                 "with an 'id'); records are never appended to other files")
 
 
-def _is_store(path: Path) -> bool:
+def _is_store(path: paths.AnyPath) -> bool:
     """Whether ``path`` is missing, empty, or starts with a caption record (appending to it is safe)."""
     import json
 
     if not path.is_file():
         return True
-    with open(path, "rb") as f:
-        first = f.readline(1 << 20)
+    with path.open("rb") as f:
+        head = f.read(1 << 20)  # not readline(limit): bucket files (fsspec) take no limit
+    first, _, more = head.partition(b"\n")
     if not first.strip():
-        return path.stat().st_size == len(first)
+        return not more
     try:
         record = json.loads(first)
     except ValueError:  # not JSON, not UTF-8, or a first line cut short by a crash: not a store to append to
@@ -191,7 +219,7 @@ def _is_store(path: Path) -> bool:
     return isinstance(record, dict) and isinstance(record.get("id"), str)
 
 
-def _refuse_replacing(out: Path, records: dict, overwrite: bool) -> None:
+def _refuse_replacing(out: paths.AnyPath, records: dict, overwrite: bool) -> None:
     """An import adds records and fields; replacing a field value OUT already holds needs --overwrite."""
     from xpsr_jax.errors import OutputExistsError
 
@@ -208,7 +236,7 @@ def _refuse_replacing(out: Path, records: dict, overwrite: bool) -> None:
                                 "replace them")
 
 
-def _run_merge(out: Path) -> int:
+def _run_merge(out: paths.AnyPath) -> int:
     from .store import merge_shards, shard_paths
 
     shards = shard_paths(out)
@@ -235,12 +263,13 @@ def _run_caption(args) -> int:
         return _error(f"--shard-index must be in [0, {args.num_shards}) and --num-shards at least 1")
     if args.batch_size < 1 or args.max_length < 2:
         return _error("--batch-size must be at least 1 and --max-length at least 2")
-    _check_out(args.out, [("IMAGES", args.images), ("--hr-dir", args.hr_dir)])
+    out = paths.as_path(args.out, "OUT")
+    _check_out(out, [("IMAGES", args.images), ("--hr-dir", args.hr_dir)])
     if not is_records_folder(args.images):
         unique, duplicates = list_images(args.images)
         if not unique and not duplicates:  # before any model loads: nothing to caption is not a success
             raise NothingDoneError(f"no images (png, jpg, jpeg, bmp, webp, tif) under IMAGES {args.images}")
-    job = CaptionJob(images=Path(args.images), out=Path(args.out),
+    job = CaptionJob(images=Path(args.images), out=out,
                      hr_dir=Path(args.hr_dir) if args.hr_dir else None, model=args.model,
                      lowlevel_model=args.lowlevel_model, batch_size=args.batch_size, num_shards=args.num_shards,
                      shard_index=args.shard_index, dtype=args.dtype, device=args.device,

@@ -90,6 +90,7 @@ def read_sidecars(root: str | os.PathLike, field: str = "highlevel") -> dict[str
 def import_records(out: str | os.PathLike, records: dict[str, dict]) -> int:
     """Append ``records`` to the store ``out`` (their fields override what it holds); returns how many."""
     with CaptionStore.open(out) as store:
+        store.upload_seconds = None  # in a bucket: one upload, on close (each upload sends the whole file)
         for record in records.values():
             store.add(record)
     return len(records)

@@ -17,6 +17,7 @@ from .images import list_images, load_rgb
 from .llava import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
 from .store import CaptionStore
 from xpsr_jax.errors import XPSRError
+from xpsr_jax.paths import AnyPath
 
 
 @dataclass
@@ -24,7 +25,7 @@ class CaptionJob:
     """What to caption and how; the command line fills one of these."""
 
     images: Path
-    out: Path
+    out: AnyPath  # a local store file or a gs:// object (see store.CaptionStore)
     hr_dir: Path | None = None
     model: str = DEFAULT_MODEL
     lowlevel_model: str | None = None  # None: the same model as the high-level pass
@@ -53,7 +54,7 @@ class CaptionResult:
     captioned: int
     already_done: int
     problems: list[tuple[str, str]]
-    written_to: Path
+    written_to: AnyPath
 
 
 def _owned(ids: list[str], job: CaptionJob) -> set[str]:
