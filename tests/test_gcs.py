@@ -215,3 +215,54 @@ def test_eval_writes_its_reports_to_a_bucket(gcs_env, tmp_path, capsys):
     assert cli_main(["eval", f"gs://{BUCKET}/pred", str(tmp_path / "gt"), "--out", str(tmp_path / "r")]) == 2
     assert f"PRED 'gs://{BUCKET}/pred': gs:// URLs are not supported here" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_sr_reads_weights_and_captions_from_a_bucket_and_uploads_each_image(gcs_env, tmp_path, capsys):
+    """``sr LR/ gs://bucket/sr --weights gs://... --captions gs://...``: the same PNGs as the local run of the same
+    command, each with its sidecar (the prompts from the bucket's caption store), ``failed.json`` for the corrupt
+    input; existing outputs in the bucket are refused before the model loads unless --overwrite; a bucket INPUT
+    is refused by name (images are read from local or mounted folders)."""
+    from PIL import Image
+
+    from xpsr_jax import paths
+    from xpsr_jax.cli import main as cli_main
+    from xpsr_jax.infer.tiny import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=0)
+    paths.upload_tree(ckpt, paths.as_path(f"gs://{BUCKET}/weights"), last=("xpsr.json",))
+    store = tmp_path / "captions.jsonl"
+    store.write_text(json.dumps({"id": "sub/b", "highlevel": "a red boat", "lowlevel": "noisy"}) + "\n")
+    paths.upload_file(store, paths.as_path(f"gs://{BUCKET}/captions.jsonl"))
+    lr = tmp_path / "lr"
+    (lr / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(lr / name)
+    (lr / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    common = ["--process-size", "64", "--steps", "2"]
+
+    local = tmp_path / "out"
+    assert cli_main(["sr", str(lr), str(local), "--weights", str(ckpt), "--captions", str(store), *common]) == 1
+    out = f"gs://{BUCKET}/sr"
+    argv = ["sr", str(lr), out, "--weights", f"gs://{BUCKET}/weights", "--captions", f"gs://{BUCKET}/captions.jsonl",
+            *common]
+    assert cli_main(argv) == 1  # the corrupt input
+    fs = _fs()
+    names = sorted(p[len(f"{BUCKET}/sr/"):] for p in fs.find(f"{BUCKET}/sr"))
+    assert names == ["a.json", "a.png", "failed.json", "sub/b.json", "sub/b.png"]
+    for name in ("a.png", "sub/b.png"):
+        assert fs.cat(f"{BUCKET}/sr/{name}") == (local / name).read_bytes()
+    meta = json.loads(fs.cat(f"{BUCKET}/sr/sub/b.json"))
+    assert meta["prompts"]["positive_high"].startswith("a red boat") and meta["prompt_source"]["lowlevel"] == "captions"
+    assert [f["path"].endswith("broken.png") for f in json.loads(fs.cat(f"{BUCKET}/sr/failed.json"))] == [True]
+
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    assert f"{out}/a.png already exists (and 4 more output(s)); pass --overwrite" in capsys.readouterr().err
+    (lr / "broken.png").unlink()
+    assert cli_main(argv + ["--overwrite"]) == 0
+    assert not _fs().exists(f"{BUCKET}/sr/failed.json")  # no longer true: removed (a fresh client: no cached listing)
+
+    assert cli_main(["sr", f"gs://{BUCKET}/sr", str(tmp_path / "o2"), "--weights", str(ckpt)]) == 2
+    assert f"INPUT 'gs://{BUCKET}/sr': gs:// URLs are not supported here" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

@@ -69,9 +69,9 @@ def require_file(path: str | os.PathLike | None, what: str) -> None:
     """InputNotFoundError unless ``path`` is None or an existing file."""
     if path is None:
         return
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise InputNotFoundError(f"{what} {path}: no such file")
-    if not Path(path).is_file():
+    if not as_path(path).is_file():
         raise InputNotFoundError(f"{what} {path}: not a file")
 
 

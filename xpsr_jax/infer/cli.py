@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xpsr_jax.args import add_overwrite, finite_float, int_in, positive_float, positive_int
 from xpsr_jax.nn.attention_policy import IMPLS
+from xpsr_jax.paths import run_path
 from xpsr_jax.train.plan_cli import SR_PLAN_HELP, add_sr_plan_arguments, run_sr_plan
 
 EXAMPLES = """examples:
@@ -16,6 +17,7 @@ EXAMPLES = """examples:
   xpsr-jax sr testset/RealSR/LR out/ --weights weights/xpsr --captions captions.jsonl
   xpsr-jax sr a.jpg b.jpg out/ --weights W --prompt "a red car" --lowlevel-prompt "blurry, noisy"
   xpsr-jax sr big.png out/ --weights W --upscale 2.5 --memory-budget-gb 16 --dtype bfloat16
+  xpsr-jax sr LR/ gs://bucket/sr --weights gs://bucket/xpsr --captions gs://bucket/captions.jsonl
 
 prompts, per field, first found: --prompt/--lowlevel-prompt; the --captions store (id = path relative to the
 input folder, no extension); NAME.txt / NAME.lowlevel.txt beside the image; DIR/highlevel_prompt/NAME.txt and
@@ -25,7 +27,8 @@ others are still written.
 
 existing files: OUT may not be an input folder or lie inside one, and no output may be an input file (refused
 even with --overwrite); outputs that exist already (OUT/NAME.png, OUT/NAME.json, OUT/failed.json) are refused
-before the model loads unless --overwrite is given.
+before the model loads unless --overwrite is given. OUT, --weights and --captions may be gs:// (INPUTs are local or
+mounted): each image's sidecar and then its PNG are uploaded as its batch finishes.
 exit status: 0 when every input was written; 1 when some input failed (or none was found); 2 for bad arguments.
 """
 
@@ -37,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sr", help="super-resolve images (files or folders) with XPSR",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", metavar="INPUT... OUT", help="image files or folders, then the output folder")
-    p.add_argument("--weights", type=Path, help="Flax checkpoint folder (xpsr-jax convert ... --sd15); required "
+    p.add_argument("--weights", type=run_path, help="Flax checkpoint folder (xpsr-jax convert ... --sd15); required "
                                                 "unless --compile-only")
     add_overwrite(p)
     g = p.add_argument_group("prompts")
-    g.add_argument("--captions", type=Path, help="caption store (JSONL) with highlevel/lowlevel fields")
+    g.add_argument("--captions", type=run_path,
+                   help="caption store (JSONL, local or gs://) with highlevel/lowlevel fields")
     g.add_argument("--prompt", help="high-level caption for every image (overrides other sources)")
     g.add_argument("--lowlevel-prompt", help="low-level quality description for every image")
     g.add_argument("--added-prompt", default=d.added_prompt, help="appended to the caption (default: %(default)r)")
@@ -95,9 +99,10 @@ def _settings(args):
 
 def run(args) -> int:
     from xpsr_jax.errors import NothingDoneError, UsageError
-    from xpsr_jax.files import atomic_write_json
+    from xpsr_jax.files import atomic_write_json, strict_json_dumps
     from xpsr_jax.infer.inputs import discover
     from xpsr_jax.outputs import require_file, require_folder, writable_folder
+    from xpsr_jax.paths import as_path, check_local
 
     if args.compile_only:  # plans a TPU slice: no inputs, outputs or weights are touched
         return run_sr_plan(args, _settings(args))
@@ -108,7 +113,9 @@ def run(args) -> int:
     if args.weights is None:
         raise UsageError("--weights is required (unless --compile-only)")
     *inputs, out = args.paths
-    out = Path(out)
+    for value in inputs:
+        check_local(value, "INPUT")  # images are read from local or mounted folders
+    out = as_path(out, "OUT")  # a local folder or a gs:// prefix (each image is uploaded when written)
     settings = _settings(args)
     # everything a user can get wrong is checked before the model loads
     require_folder(args.weights, "--weights")
@@ -118,7 +125,8 @@ def run(args) -> int:
     require_file(args.captions, "--captions")
     items, problems = discover(inputs)
     _check_outputs(inputs, items, out, args.overwrite)
-    writable_folder(out)
+    if isinstance(out, Path):  # a gs:// prefix needs no creating
+        writable_folder(out)
     failed_json = out / "failed.json"
 
     prompts = _prompt_finder(args)
@@ -141,7 +149,11 @@ def run(args) -> int:
         print(f"{len(failed)} input(s) failed:", file=sys.stderr)
         for path, why in failed:
             print(f"  {path}: {why}", file=sys.stderr)
-        atomic_write_json(failed_json, [{"path": p, "error": w} for p, w in failed])
+        records = [{"path": p, "error": w} for p, w in failed]
+        if isinstance(failed_json, Path):
+            atomic_write_json(failed_json, records)
+        else:
+            failed_json.write_text(strict_json_dumps(records) + "\n")  # an object appears whole
         if not written:
             raise NothingDoneError(f"no image was written; the failures are listed in {failed_json}")
         return 1
@@ -179,20 +191,28 @@ def _readable(items, problems, prompts):
     return kept, problems
 
 
-def _check_outputs(inputs: list[str], items, out: Path, overwrite: bool) -> None:
+def _check_outputs(inputs: list[str], items, out, overwrite: bool) -> None:
     """Refuse an OUT that is (or lies inside) an input folder, outputs that would replace an input file (always),
-    and outputs that exist already (unless ``overwrite``)."""
+    and outputs that exist already (unless ``overwrite``). ``out`` is a Path or a gs:// prefix (whose objects are
+    listed once rather than asked for one by one)."""
     from xpsr_jax.errors import OutputExistsError, UsageError
     from xpsr_jax.infer.runner import output_paths
     from xpsr_jax.outputs import refuse_existing, refuse_over_inputs
+    from xpsr_jax.paths import list_objects
 
+    targets = [p for item in items for p in output_paths(item, out)] + [out / "failed.json"]
+    if not isinstance(out, Path):  # a bucket: never an input (inputs are local)
+        if out.exists() and not out.is_dir():
+            raise OutputExistsError(f"OUT {out} is an object, not a prefix")
+        held = set(list_objects(out))
+        refuse_existing([t for t in targets if str(t) in held], overwrite, "OUT")
+        return
     refuse_over_inputs(out, [("INPUT", p) for p in inputs if Path(p).is_dir()])
     if out.exists() and not out.is_dir():
         what = "an input" if any(Path(p).resolve() == out.resolve() for p in inputs) else "a file"
         raise OutputExistsError(f"OUT {out} is {what}, not a folder")
     sources = {item.path.resolve(): item.path for item in items}
-    targets = [p for item in items for p in output_paths(item, out)]
     for t in targets:
         if t.resolve() in sources:
             raise UsageError(f"OUT {out}: the output {t} would replace the input {sources[t.resolve()]}")
-    refuse_existing(targets + [out / "failed.json"], overwrite, "OUT")
+    refuse_existing(targets, overwrite, "OUT")

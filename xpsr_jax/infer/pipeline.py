@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from xpsr_jax import paths
 from xpsr_jax.data.tokenizer import ClipTokenizer
 from xpsr_jax.diffusion import faithful_start_latent, make_sampler
 from xpsr_jax.infer import noise
@@ -149,13 +150,17 @@ class SRPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, settings: SRSettings | None = None) -> "SRPipeline":
-        """A Flax checkpoint folder (``xpsr-jax convert ... --sd15``) -> pipeline."""
+        """A Flax checkpoint folder or gs:// prefix (``xpsr-jax convert ... --sd15``) -> pipeline."""
         meta, params = checkpoint.load(path)
         for key, what in (("vae_config", "VAE"), ("text_encoder_config", "text encoder")):
             if key not in meta:
                 raise checkpoint.CheckpointError(f"{path} holds no {what}; convert it with --sd15 SD1.5_FOLDER")
-        tok_dir = Path(path) / "tokenizer"
-        tokenizer = ClipTokenizer.load(tok_dir if tok_dir.is_dir() else None)
+        tok_dir = paths.as_path(path) / "tokenizer"  # local or gs://
+        if tok_dir.is_dir():
+            with paths.local_copy(tok_dir) as local:
+                tokenizer = ClipTokenizer.load(local)
+        else:
+            tokenizer = ClipTokenizer.load(None)
         return cls(checkpoint.unet_config(meta), VAEConfig(**meta["vae_config"]),
                    ClipTextConfig.from_dict(meta["text_encoder_config"]), params, tokenizer, settings)
 

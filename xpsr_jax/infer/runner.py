@@ -9,6 +9,9 @@ runs, and written as soon as it finishes: ``OUT/<name>.png`` plus ``OUT/<name>.j
 prompts, tiles and timings. A bad input (unreadable, corrupt, too large, a prompt file that is not UTF-8) is
 recorded and skipped; so is a batch whose computation raises, so one failure never stops the rest. Both files
 appear atomically (a killed run leaves no half image), and the sidecar is strict JSON.
+
+``OUT`` may be a ``gs://`` prefix: each image's two objects are uploaded as soon as its batch finishes, the sidecar
+first, so a PNG in the bucket always has its sidecar (a GCS object appears only once its upload completes).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import io
 
 import numpy as np
 from PIL import Image
@@ -27,6 +32,7 @@ from xpsr_jax.infer.inputs import InputImage, PromptFinder, discover
 from xpsr_jax.infer.pipeline import BatchItem, SRPipeline, SRResult
 from xpsr_jax.infer.preprocess import image_size, read_lr_image
 from xpsr_jax.infer.settings import SRSettings
+from xpsr_jax.paths import AnyPath, as_path
 
 
 @dataclass
@@ -34,7 +40,7 @@ class RunReport:
     written: int = 0
     no_prompt: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)
+    outputs: list[AnyPath] = field(default_factory=list)
 
 
 class SRRunner:
@@ -49,21 +55,22 @@ class SRRunner:
         if captions is not None:
             from xpsr_jax.captions.store import CaptionStore
 
-            if not Path(captions).is_file():
+            if not as_path(captions, "--captions").is_file():
                 raise InputNotFoundError(f"--captions {captions}: no such caption store")
             store = CaptionStore.open(captions)
         return cls(SRPipeline.from_pretrained(weights, settings), PromptFinder(prompt, lowlevel_prompt, store))
 
-    def run(self, inputs: Sequence[str | Path], out: str | Path, progress: bool = True) -> RunReport:
+    def run(self, inputs: Sequence[str | Path], out: str | AnyPath, progress: bool = True) -> RunReport:
         items, problems = discover(inputs)
         return self.run_items(items, problems, out, progress)
 
-    def run_items(self, items: list[InputImage], problems: list[tuple[str, str]], out: str | Path,
+    def run_items(self, items: list[InputImage], problems: list[tuple[str, str]], out: str | AnyPath,
                   progress: bool = True) -> RunReport:
-        """Super-resolve ``items`` (from :func:`discover`, whose ``problems`` are reported as failures)."""
+        """Super-resolve ``items`` (from :func:`discover`, whose ``problems`` are reported as failures) into
+        ``out``, a local folder or a gs:// prefix."""
         from tqdm import tqdm
 
-        out = Path(out)
+        out = as_path(out, "OUT")
         report = RunReport()
         report.failed.extend(problems)
         pipe, s = self.pipeline, self.pipeline.settings
@@ -106,7 +113,7 @@ class SRRunner:
                 report.failed.append((str(item.path), str(e)))
         return decoded
 
-    def _run_members(self, members, batch, scheduled_latent, report: RunReport, out: Path) -> None:
+    def _run_members(self, members, batch, scheduled_latent, report: RunReport, out: AnyPath) -> None:
         pipe = self.pipeline
         members, prompts = self._with_prompts(members, report)
         if not members:
@@ -145,20 +152,27 @@ class SRRunner:
                 report.failed.append((str(m[0].path), str(e)))
         return kept, prompts
 
-    def _write(self, out: Path, item: InputImage, notes, res: SRResult) -> None:
+    def _write(self, out: AnyPath, item: InputImage, notes, res: SRResult) -> None:
         png, sidecar = output_paths(item, out)
         meta = {"input": str(item.path), "conversions": list(notes), **res.sidecar(self.pipeline.settings)}
         if res.prompt.empty:
             meta["note"] = "no prompts found: ran with empty high- and low-level prompts"
         text = strict_json_dumps(meta) + "\n"  # before any file is written: a NaN leaves no image without sidecar
+        image = Image.fromarray(np.asarray(res.image, np.uint8), "RGB")
+        if not isinstance(png, Path):  # a bucket: each object appears whole, the PNG (what marks done) last
+            data = io.BytesIO()
+            image.save(data, format="PNG")
+            sidecar.write_text(text)
+            png.write_bytes(data.getvalue())
+            return
         png.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(png, "wb") as f:
-            Image.fromarray(np.asarray(res.image, np.uint8), "RGB").save(f, format="PNG")
+            image.save(f, format="PNG")
         atomic_write_text(sidecar, text)
 
 
-def output_paths(item: InputImage, out: str | Path) -> tuple[Path, Path]:
-    """(PNG, JSON sidecar) that ``item`` is written to under ``out``. The suffixes are appended, not swapped in:
-    ``photo.v1`` and ``photo.v2`` must not both become ``photo.png``."""
-    base = Path(out) / item.out_rel
+def output_paths(item: InputImage, out: str | AnyPath) -> tuple[AnyPath, AnyPath]:
+    """(PNG, JSON sidecar) that ``item`` is written to under ``out`` (a folder or a gs:// prefix). The suffixes
+    are appended, not swapped in: ``photo.v1`` and ``photo.v2`` must not both become ``photo.png``."""
+    base = as_path(out, "OUT") / item.out_rel.as_posix()
     return base.with_name(base.name + ".png"), base.with_name(base.name + ".json")
