@@ -172,7 +172,7 @@ def test_the_training_loop_feeds_what_the_step_takes(cached):
         k: (s.shape, np.dtype(s.dtype)) for k, s in spec.items()}
 
 
-def test_resume_rewrites_a_missing_shard_and_its_embeddings_identically(inputs, cached, tmp_path):
+def test_resume_rewrites_a_missing_shard_and_its_embeddings_identically(inputs, cached, tmp_path, capsys):
     import shutil
 
     hr, captions, ckpt = inputs
@@ -183,9 +183,11 @@ def test_resume_rewrites_a_missing_shard_and_its_embeddings_identically(inputs, 
     before = {p: p.read_bytes() for p in (shard, part.with_suffix(".npy"), part.with_suffix(".json"))}
     for p in before:
         p.unlink()
-    # the stored plan names the checkpoint: the same settings resume; the cache's settings are part of them. The
-    # same command, encoder batch included: XLA's convolutions at another batch size round differently, which
-    # moved one bfloat16 latent per record by one step in an earlier version of this test
+    # the stored plan names the checkpoint and the encoder batch (XLA's convolutions at another batch size round
+    # differently: one bfloat16 latent per record moved by one step in an earlier version of this test): a resume
+    # with another batch, or without the cache, is refused; the same command resumes
+    assert cli_main(_make_args(hr, out, captions, "--cache-latents", "--weights", str(ckpt))) == 2
+    assert "'batch': 3" in capsys.readouterr().err
     assert cli_main(_make_args(hr, out, captions, "--cache-latents", "--weights", str(ckpt), "--cache-batch",
                                "3")) == 0
     assert [p.name for p, b in before.items() if p.read_bytes() != b] == []

@@ -95,7 +95,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W",
                    help="Flax checkpoint (xpsr-jax convert) whose VAE and text encoder --cache-latents uses")
     p.add_argument("--cache-batch", type=positive_int, default=16, metavar="N",
-                   help="images (and prompts) per encoder call with --cache-latents (default: %(default)s)")
+                   help="images (and prompts) per encoder call with --cache-latents; part of the stored plan, "
+                        "as the batch changes XLA's rounding (default: %(default)s)")
     p.add_argument("--highlevel-prompt", choices=("empty", "caption"), default="empty",
                    help="high-level input to cache embeddings for: empty, as XPSR trains, or the caption (as "
                         "config.model.highlevel_prompt; default: %(default)s)")

@@ -159,8 +159,11 @@ def _plan_record(cfg: MakeDataConfig, source, plan: ShardPlan, settings: ItemSet
             "min_pixels": cfg.min_pixels, "min_bytes": cfg.min_bytes,
             "captions": str(Path(cfg.captions).resolve()) if cfg.captions else None,
             # absent from plans of runs without a cache, which therefore still resume
+            # the encoder batch too: XLA's convolutions round differently at another batch size, so a resume with
+            # another batch would write a few bfloat16 latents one step apart from the first run's
             **({"cache": {"weights": str(Path(cfg.cache_weights).resolve()),
-                          "highlevel_prompt": cfg.highlevel_prompt}} if cfg.cache_weights else {})}
+                          "highlevel_prompt": cfg.highlevel_prompt, "batch": cfg.cache_batch}}
+               if cfg.cache_weights else {})}
 
 
 class OtherSettingsError(UsageError, ValueError):
