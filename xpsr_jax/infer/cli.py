@@ -63,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="second noising step (800)")
     s.add_argument("--color-fix", default=d.color_fix, choices=("adain", "wavelet", "none"))
     s.add_argument("--seed", type=int, default=d.seed, help="same seed + same image name = same output (0)")
-    s.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"), help="UNet/ControlNet compute")
+    s.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"),
+                   help="UNet/ControlNet compute; bfloat16 is for GPU/TPU (XLA:CPU computes it in f32 from f32 copies "
+                        "of the weights: more memory, no gain)")
     r = p.add_argument_group("resources")
     r.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per device per call, at most")
     r.add_argument("--memory-budget-gb", type=positive_float,
