@@ -33,7 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-MODES = ("fwd", "train", "step")  # step: PyTorch only, train + clipping + AdamW (bench_train.py --compare-torch)
+# step: PyTorch only, encoders + train + clipping + AdamW (bench_train.py --compare-torch); step_cached: the same
+# from cached encoder outputs (z0 and both embeddings given, as JAX's loss.latents/text = "precomputed")
+MODES = ("fwd", "train", "step", "step_cached")
+STEPS = ("step", "step_cached")
 ANCHOR_FWD_SECONDS = {2: 0.092, 8: 0.092}  # official PyTorch on an H100, SD1.5 size (reference/anchors.md)
 
 
@@ -141,7 +144,8 @@ def bench_jax(args, cfg, latent: int) -> None:
             mem, mem_reason = common.program_bytes(compiled)
             times = common.time_calls(lambda: compiled(*call_args), common.block, args.warmup, args.iters)
             peak_bytes, peak_mem_reason = common.jax_peak_bytes()
-            what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step"}[mode]
+            what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step",
+                "step_cached": "train_step"}[mode]
             common.emit(common.record(
                 what=what, impl="jax", device=dev, config=args.size, batch=batch, dtype=args.dtype,
                 times=times, flops_per_call=flops, compile_s=compile_s, peak_tflops_value=peak,
@@ -200,15 +204,15 @@ def bench_torch(args, cfg, latent: int) -> None:
     peak, peak_reason = (common.peak_tflops(args.peak_tflops) if env.device == "cuda"
                          else (args.peak_tflops or None, "device peak unknown (pass --peak-tflops)"))
     jobs = [("fwd", b) for b in args.batch if "fwd" in args.modes]
-    jobs += [(m, b) for m in ("train", "step") for b in args.train_batch if m in args.modes]
+    jobs += [(m, b) for m in ("train", *STEPS) for b in args.train_batch if m in args.modes]
     trainable = [p for m in (unet, controlnet) for p in m.parameters() if p.requires_grad]
     # the official optimiser: AdamW 5e-5 (0.9, 0.999), eps 1e-8, decay 1e-2, global-norm clipping at 1.0
     opt = torch.optim.AdamW(trainable, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
     vae = text = None
+    # SD1.5's scaled-linear schedule: z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise
+    abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0).to(env.device)
     if "step" in args.modes:
         vae, text = torch_frozen_encoders(args.size, env)
-        # SD1.5's scaled-linear schedule: z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise
-        abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0).to(env.device)
     for mode, batch in jobs:
         d = {k: torch.from_numpy(v).to(env.device) for k, v in make_inputs(cfg, batch, latent, args.seed).items()}
         for k in ("sample", "cond", "hr", "z0", "noise"):
@@ -220,9 +224,12 @@ def bench_torch(args, cfg, latent: int) -> None:
             with torch.no_grad():
                 z0 = vae.encode(d["hr"].to(vae.dtype)).latent_dist.sample().float() * vae.config.scaling_factor
                 emb = text(ids)[0]
-                a = abar[d["timesteps"].long()].view(-1, 1, 1, 1)
-                d["sample"] = a.sqrt() * z0 + (1 - a).sqrt() * d["noise"]
                 d["z0"], d["e_high"], d["e_low"] = z0, emb[:batch], emb[batch:]
+                add_noise()
+
+        def add_noise():
+            a = abar[d["timesteps"].long()].view(-1, 1, 1, 1)
+            d["sample"] = a.sqrt() * d["z0"] + (1 - a).sqrt() * d["noise"]
 
         def denoise():
             out = controlnet(d["sample"], d["timesteps"], d["e_high"], d["e_low"], d["cond"])
@@ -238,6 +245,9 @@ def bench_torch(args, cfg, latent: int) -> None:
                 controlnet.zero_grad(set_to_none=True)
                 if mode == "step":
                     encode()
+                elif mode == "step_cached":  # z0 and the embeddings are the cached ones
+                    with torch.no_grad():
+                        add_noise()
                 with env.autocast():
                     eps, out = denoise()
                 l1 = lambda m, ref: (m.float() - F.interpolate(  # noqa: E731
@@ -245,7 +255,7 @@ def bench_torch(args, cfg, latent: int) -> None:
                 loss = (eps.float() - d["noise"]).square().mean() + dfc_weight * (
                     sum(l1(m, d["hr"]) for m in out.rgb_dfc) + sum(l1(m, d["z0"]) for m in out.latent_dfc))
                 loss.backward()
-                if mode == "step":
+                if mode in STEPS:
                     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                     opt.step()
                 return loss
@@ -256,11 +266,13 @@ def bench_torch(args, cfg, latent: int) -> None:
         times = common.time_calls(call, env.sync, args.warmup, args.iters)
         peak_bytes, peak_mem_reason = env.peak_bytes()
         flops, flops_reason = env.count_flops(call)
-        what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step"}[mode]
+        what = {"fwd": "denoiser_fwd", "train": "denoiser_train_fwd_bwd", "step": "train_step",
+                "step_cached": "train_step"}[mode]
         common.emit(common.record(
             what=what, impl="torch_ref", device=dev, config=args.size, batch=batch, dtype=args.dtype, times=times,
             flops_per_call=flops, compile_s=None, peak_tflops_value=peak, peak_bytes=peak_bytes, attention="sdpa",
             latent=latent, parameters=n_params, trainable_parameters=n_trainable, first_call_s=round(first, 3),
+            encoders={"step": "in_step", "step_cached": "cached"}.get(mode),
             flops_source="torch FlopCounterMode", **anchor(args, mode, batch),
             reasons={"flops_per_image": flops_reason, "peak_tflops": peak_reason,
                      "peak_memory_bytes": peak_mem_reason, "compile_s": "eager: see first_call_s"}))

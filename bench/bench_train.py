@@ -6,6 +6,8 @@ UNet forward/backward, DFC loss, AdamW, clipping), one JSON line per global batc
     python bench/bench_train.py --config xpsr_sd15 --batch 16 --remat
     python bench/bench_train.py --config xpsr_sd15 --cache /tmp/xla-cache --cold-starts 2
     python bench/bench_train.py --config xpsr_sd15 --batch 8 16 --compare-torch   # + torch_ref step
+    python bench/bench_train.py --config xpsr_sd15 --batch 8 16 --compare-torch \
+        --set loss.latents=precomputed --set loss.text=precomputed   # both from cached encoder outputs
 
 Lines: {"what": "train_step", "impl": "jax", "device", "config", "batch", "dtype", "seconds" (median step),
 "images_per_s", "flops_per_image", "flops_per_step", "tflops_per_s", "mfu", "peak_memory_bytes",
@@ -191,6 +193,7 @@ def bench_one(args, batch: int, cold_start: int | None, first_in_process: bool =
         flops_per_step=flops, flops_per_step_compiled=trainer.flops_per_step, **extra,
         attention=impl, remat=bool(config.model.remat), grad_accum=config.optim.grad_accum_steps,
         frozen_dtype=config.optim.frozen_dtype, resolution=config.data.resolution, latents=config.loss.latents,
+        encoders="cached" if cached_encoders(config) else "in_step",
         overrides=list(args.set), mesh=dict(mesh.shape), program_memory_bytes=mem,
         create_trainer_s=round(create_s, 3), params_host_s=round(params_s, 3), state_s=round(state_s, 3),
         first_step_s=round(first_step_s, 3),
@@ -200,6 +203,12 @@ def bench_one(args, batch: int, cold_start: int | None, first_in_process: bool =
         rec.update(cold_start=cold_start, cache_dir=args.cache, cache_files_before=args.cache_files_before)
     common.emit(rec)
     del state, holder, trainer
+
+
+def cached_encoders(config) -> bool:
+    """Whether the step reads the VAE posterior and the prompt embeddings from the data (make-data
+    --cache-latents) instead of running the frozen encoders."""
+    return config.loss.latents == "precomputed" and config.loss.text == "precomputed"
 
 
 def anchor_fields(config, batch: int, img_s: float) -> dict:
@@ -273,10 +282,11 @@ def main(argv=None) -> int:
     if args.compare_torch:
         import bench_denoiser
 
-        config = load_config(args.config)
+        config = configure(args, batches[0])
         size = "sd15" if is_sd15_512(config) else "tiny"
         dtype = "float32" if cpu_tiny else config.compute_dtype
-        bench_denoiser.main(["--size", size, "--modes", "step", "--torch", "--no-jax", "--dtype", dtype,
+        mode = "step_cached" if cached_encoders(config) else "step"
+        bench_denoiser.main(["--size", size, "--modes", mode, "--torch", "--no-jax", "--dtype", dtype,
                              "--train-batch", *map(str, batches), "--iters", str(args.iters),
                              "--warmup", str(args.warmup)])
     return 0
