@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xpsr_jax.train import hlo_stats  # noqa: E402
-from xpsr_jax.train.plan import parse_oom, search_batch  # noqa: E402
+from xpsr_jax.train.plan import ChipMemory, parse_oom, search_batch  # noqa: E402
 from xpsr_jax.train.plan_cli import EXIT_DOES_NOT_FIT  # noqa: E402
 from xpsr_jax.train.tpu_topology import parse  # noqa: E402
 
@@ -139,6 +140,35 @@ def test_batch_search_doubles_then_bisects():
     assert seen == [1, 2, 4, 8, 16, 12, 14, 13] == [p.per_chip_batch for p in probes]
     best, _ = search_batch(lambda b: Probe(b * 100), start=4)  # nothing fits: halving down to 1
     assert best is None
+
+
+def _memory_probe(peak_gib, hbm_gib=95.74, fixed_gib=10.0):
+    """A probe of a program whose per-chip peak is ``peak_gib(batch)`` (fixed_gib of it arguments): fitting ones
+    carry the compiler's memory analysis, refused ones only the bytes it asked for, as real compiles do."""
+    topology = SimpleNamespace(hbm_bytes=int(hbm_gib * 2**30))
+
+    def probe(b):
+        need = int(peak_gib(b) * 2**30)
+        fits = need <= topology.hbm_bytes
+        memory = ChipMemory(int(fixed_gib * 2**30), need - int(fixed_gib * 2**30), 0, 0) if fits else None
+        return SimpleNamespace(per_chip_batch=b, fits=fits, memory=memory, topology=topology,
+                               oom=None if fits else {"required_bytes": need})
+    return probe
+
+
+def test_batch_search_predicts_from_the_measured_peaks():
+    """Peak = 10 GiB + 2.7 GiB per image on a 95.74 GiB chip: the largest batch is 31. From a probe at 8 the line
+    through its batch-independent bytes predicts 31; 32 then closes the bracket: 3 compiles where doubling and
+    bisection take 7 (8, 16, 32, 24, 28, 30, 31)."""
+    best, probes = search_batch(_memory_probe(lambda b: 10 + 2.7 * b), start=8)
+    assert best == 31 and [p.per_chip_batch for p in probes] == [8, 31, 32]
+    # not a line (activations that grow faster than the batch): the predictions are kept inside the bracket and
+    # the answer is still exact; a line through two probes that both miss hands over to bisection
+    for peak in (lambda b: 10 + 0.1 * b * b, lambda b: 10 + 8 * b ** 0.5, lambda b: 96 + b):
+        best, probes = search_batch(_memory_probe(peak), start=8)
+        fitting = [b for b in range(1, 1025) if peak(b) * 2**30 <= 95.74 * 2**30]
+        assert best == (max(fitting) if fitting else None)
+        assert len(probes) <= 8, [p.per_chip_batch for p in probes]
 
 
 @pytest.mark.parametrize("argv, says", [

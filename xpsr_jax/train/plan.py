@@ -267,39 +267,71 @@ def train_remedies(config: ml_collections.ConfigDict, report: FitReport, mesh) -
     return out
 
 
+GROWTH = 4  # before any failure, a predicted probe is at most this many times the largest fitting batch
+
+
 def search_batch(plan: Callable[[int], FitReport], start: int = 1, limit: int = 1024,
                  on_probe: Callable[[FitReport], None] | None = None) -> tuple[int | None, list[FitReport]]:
-    """The largest per-chip batch for which ``plan(batch).fits``: doubling from ``start`` to the first failure,
-    then bisection; each probe is one compile. -> (largest fitting batch or None, the probes in order)."""
-    probes: list[FitReport] = []
+    """The largest per-chip batch for which ``plan(batch).fits``; each probe is one compile (tens of minutes at
+    SD1.5 size on a small host), so the next batch is predicted from the per-chip peaks measured so far.
 
-    def fits(b: int) -> bool:
+    A chip's peak grows about linearly with its batch (weights and optimizer state, plus activations per image), so
+    the line through the two probes whose peaks lie nearest the chip's HBM (with one probe: through its
+    batch-independent arguments) says where the HBM runs out; the prediction is kept inside the bracket known so
+    far (largest fitting, smallest failing batch) and, before any failure, within ``GROWTH`` times the largest
+    fitting batch. A probe refused for its size counts with the size the compiler asked for. Without figures it
+    doubles from ``start`` to the first failure, then bisects. It ends when the bracket closes.
+    -> (largest fitting batch or None, the probes in order)."""
+    probes: list[FitReport] = []
+    lo, hi = 0, None  # lo fits (0: none known), hi does not
+    b, guided = max(1, start), False
+    while True:
+        width = None if hi is None else hi - lo
         report = plan(b)
         probes.append(report)
         if on_probe:
             on_probe(report)
-        return report.fits
+        lo, hi = (max(lo, b), hi) if report.fits else (lo, b if hi is None else min(hi, b))
+        if (hi is not None and hi - lo <= 1) or (hi is None and lo >= limit):
+            return (lo or None), probes
+        # a predicted probe that did not halve the bracket is followed by a bisection: never slower than it by
+        # more than one probe in two, however far the peaks are from a line
+        stalled = guided and width is not None and 2 * (hi - lo) > width
+        guess = None if stalled else _predicted_batch(probes)
+        guided = guess is not None
+        if guess is None:
+            b = min(2 * lo, limit) if hi is None else (lo + hi) // 2
+            if b == 0:
+                return None, probes
+            continue
+        b = min(max(guess, lo + 1), hi - 1 if hi is not None else min(GROWTH * lo, limit))
 
-    lo, hi = 0, None  # lo fits (0: none known), hi does not
-    b = max(1, start)
-    if fits(b):
-        lo = b
-        while hi is None and b < limit:
-            b = min(2 * b, limit)
-            if fits(b):
-                lo = b
-            else:
-                hi = b
-        if hi is None:
-            return lo, probes
-    else:
-        hi = b
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if mid == 0:
-            break
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return (lo or None), probes
+
+def _peak_of(report: FitReport) -> int | None:
+    """The per-chip bytes a probe needs: its compiled peak, or what the compiler asked for when it refused it."""
+    memory = getattr(report, "memory", None)
+    if memory is not None:
+        return memory.peak
+    return (getattr(report, "oom", None) or {}).get("required_bytes")
+
+
+def _predicted_batch(probes: list[FitReport]) -> int | None:
+    """The largest batch whose peak the line through the measured probes puts within the chip's HBM."""
+    points = sorted({r.per_chip_batch: _peak_of(r) for r in probes if _peak_of(r)}.items())
+    if not points:
+        return None
+    hbm = probes[-1].topology.hbm_bytes
+    if len(points) == 1:  # the line through the probe and its batch-independent bytes
+        (b1, p1), = points
+        memories = [r.memory for r in probes if r.per_chip_batch == b1 and getattr(r, "memory", None)]
+        fixed = memories[0].arguments + memories[0].outputs - memories[0].aliased if memories else None
+        if fixed is None or p1 <= fixed:
+            return None
+        slope, intercept = (p1 - fixed) / b1, fixed
+    else:  # the two probes whose peaks lie nearest the chip's HBM (a secant step: it does not stall on a curve)
+        (b1, p1), (b2, p2) = sorted(points, key=lambda p: abs(p[1] - hbm))[:2]
+        slope = (p2 - p1) / (b2 - b1)
+        intercept = p1 - slope * b1
+    if slope <= 0:
+        return None
+    return max(1, int((hbm - intercept) // slope))

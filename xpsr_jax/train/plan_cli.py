@@ -33,7 +33,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-chip-batch", type=positive_int,
                    help="images per chip (default: the config's global_batch_size over the data-parallel chips)")
     g.add_argument("--search-batch", action="store_true",
-                   help="find the largest per-chip batch that fits (doubling, then bisection; one compile each)")
+                   help="find the largest per-chip batch that fits (one compile per probe; each next batch predicted "
+                        "from the peaks measured so far, else doubling, then bisection)")
 
 
 def check_plan_arguments(args) -> None:
