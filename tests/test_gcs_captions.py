@@ -4,55 +4,19 @@ gs://...`` with the tiny random LLaVA gives the bytes a local run gives and resu
 ``upload_seconds``, so a reader sees the records uploaded so far; readers see what other hosts uploaded since."""
 
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gcs_fixtures import BUCKET, emulator, gcs_env  # noqa: F401 - fixtures
 
 from xpsr_jax.captions import store as store_mod
 from xpsr_jax.captions.store import CaptionStore, load_captions, read_meta, shard_paths
 from xpsr_jax.cli import main as cli_main
 from xpsr_jax.paths import as_path
 
-ROOT = Path(__file__).resolve().parents[1]
-BUCKET = "bucket"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    """``http://127.0.0.1:PORT`` of a fresh in-memory GCS emulator with ``bucket``; stopped afterwards."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/gcs_emulator.py"), str(port), BUCKET],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", "the GCS emulator did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.fixture
-def gcs_env(emulator, monkeypatch):
-    """This process and its children talk to the emulator (restored after the test)."""
-    env = {"STORAGE_EMULATOR_HOST": emulator, "TENSORSTORE_GCS_HTTP_URL": emulator,
-           "CLOUD_STORAGE_EMULATOR_ENDPOINT": emulator,
-           # gcsfs's probe for hierarchical buckets needs real credentials; the emulator has flat buckets only
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
 
 
 @pytest.fixture
