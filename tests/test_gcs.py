@@ -232,3 +232,28 @@ def test_sr_reads_weights_and_captions_from_a_bucket_and_uploads_each_image(gcs_
     assert cli_main(["sr", f"gs://{BUCKET}/sr", str(tmp_path / "o2"), "--weights", str(ckpt)]) == 2
     assert f"INPUT 'gs://{BUCKET}/sr': gs:// URLs are not supported here" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_list_objects_and_local_copy_of_a_prefix(gcs_env, tmp_path):
+    """``paths.list_objects`` lists a prefix's objects at every depth in one listing (after an upload by another
+    client of the same process); ``paths.local_copy`` hands a local reader a temporary copy of the prefix, removed
+    afterwards, and a local folder as itself."""
+    from xpsr_jax import paths
+
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.json").write_text('{"b": 1}')
+    prefix = f"gs://{BUCKET}/tree"
+    assert paths.list_objects(prefix) == []
+    paths.upload_tree(src, paths.as_path(prefix))
+    assert sorted(paths.list_objects(prefix)) == [f"{prefix}/a.txt", f"{prefix}/sub/b.json"]
+    with paths.local_copy(prefix) as local:
+        assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["a.txt",
+                                                                                                  "sub/b.json"]
+        assert (local / "sub" / "b.json").read_text() == '{"b": 1}'
+    assert not local.exists()
+    with paths.local_copy(src) as same:
+        assert same == src
+    with pytest.raises(ValueError, match="not a gs:// prefix"):
+        paths.list_objects(str(src))
