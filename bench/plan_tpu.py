@@ -219,7 +219,12 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
             continue
         peak = m.get("bytes_per_chip", {}).get("peak") or (m.get("oom") or {}).get("required_bytes")
         tiles = f"{m['latent_tile']} latent px, {m['tile_batch']} per call" if m.get("latent_tile") else "whole"
-        rows.append(f"| {cell.topology} | {what} | {cell.attention} | {m['global_batch']} | "
+        images = str(m["global_batch"])
+        if m["global_batch"] < cell.batch:  # the tile planner splits what does not fit 80 % of the chip's HBM
+            images += (f" (of {cell.batch} asked: the tile planner's estimate for {cell.batch} exceeds 80 % of the "
+                       "chip's HBM; the program is the one of the row above"
+                       + (", whose figures the plan cache answered)" if m.get("cached") else ")"))
+        rows.append(f"| {cell.topology} | {what} | {cell.attention} | {images} | "
                     f"{gib(peak) if peak else '?'} of {m['hbm_gib']} | {'yes' if m['fits'] else 'no'} | {tiles} | "
                     f"{m['compile_seconds']:.0f} / {m.get('compile_cpu_seconds', 0):.0f} |")
     text += ["## Sampling: the denoise loop", "", *rows, ""]
