@@ -89,7 +89,7 @@ def check_local(value: str, what: str) -> str:
     must be local: a command or an option without bucket support)."""
     kind = scheme(value)
     if kind:
-        hint = (f"this option writes local files only (gs:// works for: {', '.join(GCS_COMMANDS)})" if kind == GCS
+        hint = (f"this option takes local paths only (gs:// works for: {', '.join(GCS_COMMANDS)})" if kind == GCS
                 else "mount the storage (e.g. with gcsfuse)")
         raise UnsupportedPathError(f"{what} {value!r}: {kind}:// URLs are not supported here; {hint} and give "
                                    "a local or mounted path")
