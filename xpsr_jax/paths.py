@@ -195,15 +195,29 @@ def local_copy(src: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def list_objects(prefix: str | os.PathLike) -> list[str]:
-    """The ``gs://`` URLs of every object under a bucket prefix, in one listing (``epath`` refuses recursive globs
-    on buckets; GCS lists a prefix's objects at every depth in one request per thousand)."""
-    import fsspec
+def _gcs_client(url: str):
+    """The gcsfs filesystem ``etils.epath`` reads and writes ``url`` with (one per process)."""
+    from etils.epath import backend
 
-    use_emulator_for_all_clients()
+    return backend.fsspec_backend.fs(url)
+
+
+def fresh(value: str | os.PathLike, folder: str | os.PathLike | None = None) -> AnyPath:
+    """``as_path(value)``, with a bucket client's cached listing of ``folder`` (default: the path's parent) dropped
+    first: gcsfs keeps listings, object sizes included, for the life of the process, so an object another writer
+    uploaded since would be missed or read cut short. Local paths are returned as they are."""
+    path = as_path(value)
+    if not isinstance(path, Path):
+        folder = str(folder if folder is not None else path.parent)
+        _gcs_client(folder).invalidate_cache(folder[len("gs://"):])
+    return path
+
+
+def list_objects(prefix: str | os.PathLike) -> list[str]:
+    """The ``gs://`` URLs of every object under a bucket prefix, in one listing, asked fresh (``epath`` refuses
+    recursive globs on buckets; GCS lists a prefix's objects at every depth in one request per thousand)."""
     root = str(prefix).rstrip("/")
     if not is_gcs(root):
         raise ValueError(f"{root!r} is not a gs:// prefix")
-    fs = fsspec.filesystem("gs")
-    fs.invalidate_cache(root[len("gs://"):])  # gcsfs keeps listings for the process's life; a listing is asked fresh
-    return [f"gs://{p}" for p in fs.find(root[len("gs://"):] + "/")]
+    fresh(root, folder=root)
+    return [f"gs://{p}" for p in _gcs_client(root).find(root[len("gs://"):] + "/")]

@@ -44,23 +44,11 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from xpsr_jax.files import atomic_open, strict_json_dumps
-from xpsr_jax.paths import AnyPath, as_path, upload_file
+from xpsr_jax.paths import AnyPath, as_path, fresh, upload_file
 
 FIELDS = ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")
 META_FORMAT = "xpsr-jax-captions"
 META_VERSION = 1
-
-
-def _fresh(path: str | os.PathLike) -> AnyPath:
-    """``path`` as a local ``Path`` or a bucket path. For a bucket, gcsfs's cached listing of its folder is dropped
-    first: gcsfs keeps listings, object sizes included, for the life of the process, so an object another writer
-    uploaded since would be missed or read cut short."""
-    path = as_path(path)
-    if not isinstance(path, Path):
-        from etils.epath import backend
-
-        backend.fsspec_backend.fs(str(path)).invalidate_cache(str(path.parent))
-    return path
 
 
 def meta_path(path: str | os.PathLike) -> AnyPath:
@@ -78,7 +66,7 @@ def shard_path(path: str | os.PathLike, index: int, count: int) -> AnyPath:
 
 def shard_paths(path: str | os.PathLike) -> list[AnyPath]:
     """Shard files of ``path`` that exist, ordered by (count, index)."""
-    path = _fresh(path)
+    path = fresh(path)
     pattern = re.compile(re.escape(path.stem) + r"-shard-(\d+)-of-(\d+)" + re.escape(path.suffix))
     found = []
     if path.parent.is_dir():
@@ -109,7 +97,7 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
     An unterminated last line that does not parse is the trace of an interrupted write and is dropped
     silently; a broken line anywhere else is skipped with a warning (its image is captioned again on resume).
     """
-    data = _fresh(path).read_bytes()
+    data = fresh(path).read_bytes()
     lines = data.split(b"\n")  # not splitlines(): U+2028 and friends may sit inside a caption
     last = len(lines) - 1
     for number, raw in enumerate(lines):
@@ -166,7 +154,7 @@ def _write_json(path: AnyPath, obj) -> None:
 
 def read_meta(path: str | os.PathLike) -> dict:
     """The sidecar metadata of a store file (an empty skeleton when there is none)."""
-    mpath = _fresh(meta_path(path))
+    mpath = fresh(meta_path(path))
     if mpath.is_file():
         return json.loads(mpath.read_text(encoding="utf-8"))
     return {"format": META_FORMAT, "version": META_VERSION, "fields": list(FIELDS), "runs": []}
@@ -184,7 +172,7 @@ class _Staged:
     cannot be appended to); the metadata sidecar, when this process added a run to it, goes up after it."""
 
     def __init__(self, target: AnyPath):
-        self.target = target = _fresh(target)
+        self.target = target = fresh(target)
         self._folder = tempfile.TemporaryDirectory(prefix="xpsr-captions-")
         self.local = Path(self._folder.name) / target.name
         self.local.write_bytes(target.read_bytes() if target.is_file() else b"")
@@ -247,7 +235,7 @@ class CaptionStore:
              merge_shards: bool = True) -> "CaptionStore":
         """Read ``path`` (local or gs://; with ``merge_shards``, also every shard file beside it); appends go to
         ``path``, or to its shard file when ``shard_index``/``num_shards`` are given."""
-        path = _fresh(path)
+        path = fresh(path)
         if (shard_index is None) != (num_shards is None):
             raise ValueError("give both shard_index and num_shards, or neither")
         write_path = path if num_shards is None else shard_path(path, shard_index, num_shards)
@@ -354,7 +342,7 @@ def merge_shards(path: str | os.PathLike, *, remove: bool = True) -> int:
     The merged file is written (in a bucket: uploaded) before any shard is removed, so an interruption loses
     nothing.
     """
-    path = _fresh(path)
+    path = fresh(path)
     shards = shard_paths(path)
     store = CaptionStore.open(path)
     write_store(path, store.records())

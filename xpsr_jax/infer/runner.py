@@ -16,11 +16,10 @@ first, so a PNG in the bucket always has its sidecar (a GCS object appears only 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-import io
 
 import numpy as np
 from PIL import Image
