@@ -17,11 +17,13 @@ argument); the tile settings are a hashable :class:`LatentTiles`, a static choic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +32,17 @@ from xpsr_jax.diffusion import Sampler, make_sampler
 from xpsr_jax.infer import noise
 from xpsr_jax.infer.tiling import BlendLayout, blend_layout
 from xpsr_jax.models.xpsr import XPSR
+
+
+@contextlib.contextmanager
+def images_over(mesh) -> Iterator[None]:
+    """Trace a sampling call whose images are split over ``mesh``'s ``batch`` axis: under the mesh (so the
+    attention layer knows the platform: "auto" takes splash on TPU) with the logical batch axis on it (splash runs
+    per device in a shard_map over it; XLA cannot partition a Pallas kernel itself)."""
+    from xpsr_jax.nn import axes
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(((axes.BATCH, "batch"),)):
+        yield
 
 
 class Conditions(NamedTuple):

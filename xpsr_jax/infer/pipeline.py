@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +33,7 @@ from xpsr_jax.data.tokenizer import ClipTokenizer
 from xpsr_jax.diffusion import faithful_start_latent, make_sampler
 from xpsr_jax.infer import noise
 from xpsr_jax.infer.colorfix import color_fix
-from xpsr_jax.infer.denoise import Conditions, LatentTiles, cached_loop
+from xpsr_jax.infer.denoise import Conditions, LatentTiles, cached_loop, images_over
 from xpsr_jax.infer.preprocess import SizePlan, plan_sizes, to_output_size, to_process_size
 from xpsr_jax.infer.prompts import Prompt, PromptTexts, prompt_texts, token_ids
 from xpsr_jax.infer.settings import SRSettings
@@ -45,7 +44,6 @@ from xpsr_jax.models.clip_text import ClipTextConfig, ClipTextModel
 from xpsr_jax.models.config import UNetConfig
 from xpsr_jax.models.vae_config import VAEConfig
 from xpsr_jax.models.xpsr import XPSR
-from xpsr_jax.nn import axes
 from xpsr_jax.weights import checkpoint
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder")
@@ -319,15 +317,8 @@ class SRPipeline:
         return Mesh(np.array(jax.local_devices()), ("batch",))
 
     def _placement(self, sharded: bool):
-        """Where a call's programs are traced: a sharded call under the devices' mesh, its images split by the
-        logical batch axis. The mesh tells the attention layer the platform ("auto" takes splash on TPU), and
-        splash runs per device in a shard_map over that axis: XLA cannot partition a Pallas kernel itself."""
-        if not sharded:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(self._mesh()))
-        stack.enter_context(nn.logical_axis_rules(((axes.BATCH, "batch"),)))
-        return stack
+        """Where a call's programs are traced: a sharded call's with its images split over the local devices."""
+        return images_over(self._mesh()) if sharded else contextlib.nullcontext()
 
     def _sharder(self, sharded: bool):
         if not sharded:

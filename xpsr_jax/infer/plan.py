@@ -20,19 +20,17 @@ def plan_denoise(topology: str | Topology, batch: int, process: int = 512, *, un
 
     ``unet_config``/``vae_config`` default to SD1.5's; ``settings`` (:class:`SRSettings`) to the official test
     settings in bfloat16. The report's ``extra`` holds the tile plan (``latent_tile`` None: whole latent)."""
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from xpsr_jax.infer.denoise import Conditions, LatentTiles, cached_loop
+    from xpsr_jax.infer.denoise import Conditions, LatentTiles, cached_loop, images_over
     from xpsr_jax.infer.settings import SRSettings
     from xpsr_jax.infer.tile_plan import plan_tiles, uses_flash_attention
     from xpsr_jax.models.config import UNetConfig
     from xpsr_jax.models.vae_config import VAEConfig
     from xpsr_jax.models.xpsr import XPSR
-    from xpsr_jax.nn import axes
 
     topology = parse(topology) if isinstance(topology, str) else topology
     settings = settings or SRSettings(dtype="bfloat16")
@@ -70,9 +68,7 @@ def plan_denoise(topology: str | Topology, batch: int, process: int = 512, *, un
     loop = cached_loop(model, settings.sampler, settings.steps, float(settings.eta), tiles)
 
     def lower():
-        # the mesh tells the attention layer the platform (TPU: splash for long self-attentions); the rule lets
-        # splash's shard_map split the images over the chips as the inputs are
-        with jax.set_mesh(mesh), nn.logical_axis_rules(((axes.BATCH, "batch"),)):
+        with images_over(mesh):  # as the pipeline traces a sharded call: splash on TPU, split over the chips
             return loop.lower(*args)
 
     result = compile_for_slice(lower, repr(topology.describe_kwargs()))
