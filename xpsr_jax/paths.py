@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import IO, TYPE_CHECKING, Iterator, Union
 
 from xpsr_jax.errors import UsageError
 
@@ -176,6 +176,26 @@ def local_output(dst: str | os.PathLike, last: tuple[str, ...] = ()) -> Iterator
     with tempfile.TemporaryDirectory(prefix="xpsr-upload-") as tmp:
         yield Path(tmp)
         upload_tree(tmp, dst, last)
+
+
+@contextlib.contextmanager
+def replacing(dst: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """A binary file whose bytes replace ``dst`` whole when the block ends without error: renamed into place when
+    local (a reader never sees half a file), uploaded once when in a bucket (a GCS object appears only once its
+    upload completes). On an error ``dst`` is left as it was."""
+    from xpsr_jax.files import atomic_open
+
+    dst = as_path(dst)
+    if isinstance(dst, Path):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(dst, "wb") as f:  # the temporary name is per process: two writers never share one
+            yield f
+        return
+    with tempfile.TemporaryDirectory(prefix="xpsr-upload-") as tmp:
+        staged = Path(tmp) / dst.name
+        with open(staged, "wb") as f:
+            yield f
+        upload_file(staged, dst)
 
 
 @contextlib.contextmanager

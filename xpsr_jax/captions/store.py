@@ -33,7 +33,6 @@ as they share a folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -43,8 +42,8 @@ import warnings
 from pathlib import Path
 from typing import IO, Iterator
 
-from xpsr_jax.files import atomic_open, strict_json_dumps
-from xpsr_jax.paths import AnyPath, as_path, fresh, upload_file
+from xpsr_jax.files import strict_json_dumps
+from xpsr_jax.paths import AnyPath, as_path, fresh, replacing, upload_file
 
 FIELDS = ("highlevel", "lowlevel", "highlevel_hr", "lowlevel_hr")
 META_FORMAT = "xpsr-jax-captions"
@@ -130,25 +129,9 @@ def _repair_tail(path: Path) -> None:
             f.truncate(len(head) + len(newline))
 
 
-@contextlib.contextmanager
-def _replacing(path: AnyPath) -> Iterator[IO[bytes]]:
-    """A binary file whose bytes replace ``path`` whole when the block ends without error: renamed into place
-    when local, uploaded once when in a bucket (a GCS object appears only once its upload completes)."""
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as f:  # the temporary name is per process: two mergers never share one
-            yield f
-        return
-    with tempfile.TemporaryDirectory(prefix="xpsr-captions-") as tmp:
-        staged = Path(tmp) / path.name
-        with open(staged, "wb") as f:
-            yield f
-        upload_file(staged, path)
-
-
 def _write_json(path: AnyPath, obj) -> None:
     text = strict_json_dumps(obj) + "\n"  # built first: a value JSON cannot hold leaves the file as it was
-    with _replacing(path) as f:
+    with replacing(path) as f:
         f.write(text.encode("utf-8"))
 
 
@@ -330,7 +313,7 @@ class CaptionStore:
 
 def write_store(path: str | os.PathLike, records: list[dict]) -> None:
     """Replace ``path`` with ``records`` (sorted by id) in one atomic step (in a bucket: one upload)."""
-    with _replacing(as_path(path)) as f:
+    with replacing(as_path(path)) as f:
         for record in sorted((check_record(r) for r in records), key=lambda r: r["id"]):
             f.write((strict_json_dumps(record, indent=None) + "\n").encode("utf-8"))
 

@@ -101,10 +101,10 @@ def _settings(args):
 
 def run(args) -> int:
     from xpsr_jax.errors import NothingDoneError, UsageError
-    from xpsr_jax.files import atomic_write_json, strict_json_dumps
+    from xpsr_jax.files import strict_json_dumps
     from xpsr_jax.infer.inputs import discover
     from xpsr_jax.outputs import require_file, require_folder, writable_folder
-    from xpsr_jax.paths import as_path, check_local
+    from xpsr_jax.paths import as_path, check_local, replacing
 
     if args.compile_only:  # plans a TPU slice: no inputs, outputs or weights are touched
         return run_sr_plan(args, _settings(args))
@@ -151,11 +151,9 @@ def run(args) -> int:
         print(f"{len(failed)} input(s) failed:", file=sys.stderr)
         for path, why in failed:
             print(f"  {path}: {why}", file=sys.stderr)
-        records = [{"path": p, "error": w} for p, w in failed]
-        if isinstance(failed_json, Path):
-            atomic_write_json(failed_json, records)
-        else:
-            failed_json.write_text(strict_json_dumps(records) + "\n")  # an object appears whole
+        text = strict_json_dumps([{"path": p, "error": w} for p, w in failed]) + "\n"
+        with replacing(failed_json) as f:  # local or in a bucket, it appears whole
+            f.write(text.encode("utf-8"))
         if not written:
             raise NothingDoneError(f"no image was written; the failures are listed in {failed_json}")
         return 1

@@ -8,15 +8,13 @@ Images are scheduled from their file headers (so a folder is never decoded all a
 runs, and written as soon as it finishes: ``OUT/<name>.png`` plus ``OUT/<name>.json`` with the settings, sizes,
 prompts, tiles and timings. A bad input (unreadable, corrupt, too large, a prompt file that is not UTF-8) is
 recorded and skipped; so is a batch whose computation raises, so one failure never stops the rest. Both files
-appear atomically (a killed run leaves no half image), and the sidecar is strict JSON.
-
-``OUT`` may be a ``gs://`` prefix: each image's two objects are uploaded as soon as its batch finishes, the sidecar
-first, so a PNG in the bucket always has its sidecar (a GCS object appears only once its upload completes).
+appear atomically, the sidecar first (a killed run leaves no half image and no PNG without its sidecar), and the
+sidecar is strict JSON. ``OUT`` may be a ``gs://`` prefix: each image's two objects are uploaded as soon as its
+batch finishes.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,12 +24,12 @@ from PIL import Image
 
 from xpsr_jax.data.images import ImageDecodeError
 from xpsr_jax.errors import InputNotFoundError, TextDecodeError
-from xpsr_jax.files import NonFiniteJSONError, atomic_open, atomic_write_text, strict_json_dumps
+from xpsr_jax.files import NonFiniteJSONError, strict_json_dumps
 from xpsr_jax.infer.inputs import InputImage, PromptFinder, discover
 from xpsr_jax.infer.pipeline import BatchItem, SRPipeline, SRResult
 from xpsr_jax.infer.preprocess import image_size, read_lr_image
 from xpsr_jax.infer.settings import SRSettings
-from xpsr_jax.paths import AnyPath, as_path
+from xpsr_jax.paths import AnyPath, as_path, replacing
 
 
 @dataclass
@@ -157,17 +155,11 @@ class SRRunner:
         if res.prompt.empty:
             meta["note"] = "no prompts found: ran with empty high- and low-level prompts"
         text = strict_json_dumps(meta) + "\n"  # before any file is written: a NaN leaves no image without sidecar
-        image = Image.fromarray(np.asarray(res.image, np.uint8), "RGB")
-        if not isinstance(png, Path):  # a bucket: each object appears whole, the PNG (what marks done) last
-            data = io.BytesIO()
-            image.save(data, format="PNG")
-            sidecar.write_text(text)
-            png.write_bytes(data.getvalue())
-            return
-        png.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(png, "wb") as f:
-            image.save(f, format="PNG")
-        atomic_write_text(sidecar, text)
+        # each file appears whole (renamed into place, or uploaded), the PNG, which marks an image done, last
+        with replacing(sidecar) as f:
+            f.write(text.encode("utf-8"))
+        with replacing(png) as f:
+            Image.fromarray(np.asarray(res.image, np.uint8), "RGB").save(f, format="PNG")
 
 
 def output_paths(item: InputImage, out: str | AnyPath) -> tuple[AnyPath, AnyPath]:
