@@ -92,7 +92,7 @@ def sd15_config(cell: Cell):
     return config
 
 
-def measure(cell) -> list[dict]:
+def measure(cell, search_start: int = 8, search_limit: int = 1024) -> list[dict]:
     from xpsr_jax.train.plan import plan_train_step, search_batch
 
     tag = {"cell": str(cell), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -114,9 +114,10 @@ def measure(cell) -> list[dict]:
         append(lines[-1])
         return report
 
-    best, probes = search_batch(probe, start=8)
+    best, probes = search_batch(probe, start=search_start, limit=search_limit)
     summary = {"what": "plan_search_batch", "config": "xpsr_sd15", "topology": cell.topology,
-               "largest_per_chip_batch": best, "probes": [r.per_chip_batch for r in probes]} | tag
+               "largest_per_chip_batch": best, "probes": [r.per_chip_batch for r in probes],
+               "fits": [r.fits for r in probes], "search_start": search_start, "search_limit": search_limit} | tag
     return [summary]
 
 
@@ -194,6 +195,10 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
                 missing.append(str(at8))
             if ms:
                 best = str(ms["largest_per_chip_batch"]) if ms["largest_per_chip_batch"] else "none fits"
+                if ms["largest_per_chip_batch"] and ms["largest_per_chip_batch"] >= ms.get("search_limit", 1024):
+                    best = f"at least {best} (larger batches not compiled: the search's limit)"
+                best += " (compiled: " + ", ".join(
+                    f"{b} {'fits' if ok else 'no'}" for b, ok in zip(ms["probes"], ms.get("fits", ()))) + ")"
             else:
                 best = "not measured"
                 missing.append(str(search))
@@ -285,6 +290,10 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="only rewrite tpu-fit.md from tpu-plan.jsonl")
     p.add_argument("--lower-only", action="store_true",
                    help="for the train cells given: lower without compiling (attention kernels, FLOPs, program size)")
+    p.add_argument("--search-start", type=int, default=8, help="a search's first per-chip batch (default 8)")
+    p.add_argument("--search-limit", type=int, default=1024,
+                   help="a search compiles no per-chip batch above this (e.g. below one whose compile does not "
+                        "run on this host); the table then says the answer is a lower bound")
     p.add_argument("--note", action="append", default=[], metavar="CELL=TEXT",
                    help="why a cell is missing (kept in tpu-notes.json)")
     args = p.parse_args()
@@ -302,7 +311,8 @@ def main() -> None:
         done = {line.get("cell") for line in read_lines() if not line.get("probe")}
         cells = [parse_cell(c) for c in args.cells] if args.cells else [c for c in all_cells() if str(c) not in done]
         for cell in cells:
-            for line in ([lower_only(cell)] if args.lower_only else measure(cell)):
+            lines = [lower_only(cell)] if args.lower_only else measure(cell, args.search_start, args.search_limit)
+            for line in lines:
                 append(line)
             TABLE.write_text(render(read_lines(), notes))
     TABLE.write_text(render(read_lines(), notes))
