@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,19 +107,46 @@ def measure(cell, search_start: int = 8, search_limit: int = 1024) -> list[dict]
     if cell.batch is not None:
         report = plan_train_step(config, cell.topology, cell.batch, config_name="xpsr_sd15")
         return [report.as_json() | tag]
-    lines = []
+    probes = []
 
     def probe(batch):
+        # each compile runs in a fresh child process: one process that compiles several SD1.5 programs keeps the
+        # memory of the earlier ones (measured: a second probe ran the host's 24 GiB out where a first one did
+        # not); the child leaves its answer in the plan cache, which this process then reads after a lowering
+        child = subprocess.run([sys.executable, __file__, "--compile-probe", str(cell), str(batch)])
+        if child.returncode:
+            raise ProbeFailed(batch, child.returncode)
         report = plan_train_step(config, cell.topology, batch, config_name="xpsr_sd15", count_flops=False)
-        lines.append(report.as_json() | tag | {"probe": True})
-        append(lines[-1])
+        probes.append(report)
+        append(report.as_json() | tag | {"probe": True})
         return report
 
-    best, probes = search_batch(probe, start=search_start, limit=search_limit)
     summary = {"what": "plan_search_batch", "config": "xpsr_sd15", "topology": cell.topology,
-               "largest_per_chip_batch": best, "probes": [r.per_chip_batch for r in probes],
-               "fits": [r.fits for r in probes], "search_start": search_start, "search_limit": search_limit} | tag
+               "search_start": search_start, "search_limit": search_limit} | tag
+    try:
+        best, _ = search_batch(probe, start=search_start, limit=search_limit)
+    except ProbeFailed as e:  # what was learnt stays: the largest batch that fitted is a lower bound
+        best = max((r.per_chip_batch for r in probes if r.fits), default=None)
+        summary["stopped"] = {"batch": e.batch, "exit": e.returncode,
+                              "why": "killed (signal 9: the host's OOM killer)" if e.returncode == -9 else "failed"}
+    summary |= {"largest_per_chip_batch": best, "probes": [r.per_chip_batch for r in probes],
+                "fits": [r.fits for r in probes]}
     return [summary]
+
+
+class ProbeFailed(RuntimeError):
+    def __init__(self, batch: int, returncode: int):
+        super().__init__(f"the compile at {batch} per chip exited with {returncode}")
+        self.batch, self.returncode = batch, returncode
+
+
+def compile_probe(cell: Cell, batch: int) -> None:
+    """One search probe's compile, in its own process; its figures go to the plan cache."""
+    from xpsr_jax.train.plan import plan_train_step
+
+    report = plan_train_step(sd15_config(cell), cell.topology, batch, config_name="xpsr_sd15", count_flops=False)
+    print(f"{cell} at {batch} per chip: peak {report.as_json().get('peak_gib')} GiB, fits {report.fits}",
+          file=sys.stderr)
 
 
 def lower_only(cell: Cell) -> dict:
@@ -197,8 +225,11 @@ def render(lines: list[dict], notes: dict[str, str]) -> str:
                 best = str(ms["largest_per_chip_batch"]) if ms["largest_per_chip_batch"] else "none fits"
                 if ms["largest_per_chip_batch"] and ms["largest_per_chip_batch"] >= ms.get("search_limit", 1024):
                     best = f"at least {best} (larger batches not compiled: the search's limit)"
-                best += " (compiled: " + ", ".join(
-                    f"{b} {'fits' if ok else 'no'}" for b, ok in zip(ms["probes"], ms.get("fits", ()))) + ")"
+                compiled = [f"{b} {'fits' if ok else 'no'}" for b, ok in zip(ms["probes"], ms.get("fits", ()))]
+                if stopped := ms.get("stopped"):
+                    best = f"at least {best}" if ms["largest_per_chip_batch"] else "not known"
+                    compiled.append(f"{stopped['batch']} {stopped['why']}")
+                best += " (compiled: " + ", ".join(compiled) + ")"
             else:
                 best = "not measured"
                 missing.append(str(search))
@@ -294,11 +325,14 @@ def main() -> None:
     p.add_argument("--search-limit", type=int, default=1024,
                    help="a search compiles no per-chip batch above this (e.g. below one whose compile does not "
                         "run on this host); the table then says the answer is a lower bound")
+    p.add_argument("--compile-probe", nargs=2, metavar=("CELL", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--note", action="append", default=[], metavar="CELL=TEXT",
                    help="why a cell is missing (kept in tpu-notes.json)")
     args = p.parse_args()
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.compile_probe:
+        return compile_probe(Cell.parse(args.compile_probe[0]), int(args.compile_probe[1]))
     notes_file = RESULTS / "tpu-notes.json"
     notes = json.loads(notes_file.read_text()) if notes_file.exists() else {}
     notes.setdefault("default", DEFAULT_NOTE)

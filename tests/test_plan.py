@@ -171,6 +171,52 @@ def test_batch_search_predicts_from_the_measured_peaks():
         assert len(probes) <= 8, [p.per_chip_batch for p in probes]
 
 
+def test_search_probes_compile_in_child_processes_and_a_killed_one_keeps_the_answers_so_far(
+        tmp_path, monkeypatch, capsys):
+    """Each probe of ``--search-batch`` compiles in a fresh process (its figures come back through the plan cache);
+    a probe killed there (as the out-of-memory killer does) stops the search with the largest batch that fitted and
+    names the batch that was killed, instead of losing every answer with the planning process."""
+    from xpsr_jax.train import plan, plan_cli
+
+    monkeypatch.setenv("XPSR_PLAN_CACHE_DIR", str(tmp_path))
+    children = []
+
+    def command(args, batch):  # the child of batch 31 dies of SIGKILL, the others finish
+        children.append(batch)
+        return [sys.executable, "-c", f"import os, signal\nif {batch} == 31: os.kill(os.getpid(), signal.SIGKILL)"]
+
+    fake = _memory_probe(lambda b: 10 + 2.7 * b)
+
+    def plan_train_step(config, topology, batch, **_):
+        report = fake(batch)
+        report.compile_seconds, report.as_json = 1.0, lambda: {"per_chip_batch": batch, "fits": report.fits}
+        return report
+
+    monkeypatch.setattr(plan_cli, "probe_command", command)
+    monkeypatch.setattr(plan, "plan_train_step", plan_train_step)
+    args = SimpleNamespace(config="tiny", topology="v5p-8", per_chip_batch=8, search_batch=True, config_overrides=[])
+    assert plan_cli.run_plan(args, config=None) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out.splitlines()[-1])
+    assert children == [8, 31]
+    assert summary["largest_per_chip_batch"] == 8 and summary["stopped"] == {"per_chip_batch": 31, "exit": -9}
+    assert [p["per_chip_batch"] for p in summary["probes"]] == [8]
+    assert "the compile at 31 per chip exited with status -9" in err and "out-of-memory" in err
+
+
+def test_a_search_probe_is_this_command_at_one_batch():
+    from xpsr_jax.cli import build_parser
+    from xpsr_jax.train.plan_cli import probe_command
+
+    args = SimpleNamespace(config="xpsr_sd15", topology="v5e-8", per_chip_batch=2, search_batch=True,
+                           config_overrides=["--config.mesh.shape=((\"data\",-1),(\"fsdp\",8))"])
+    cmd = probe_command(args, 5)
+    assert cmd[:2] == [sys.executable, "-c"] and cmd[-1] == args.config_overrides[0]
+    child = build_parser().parse_args([a for a in cmd[3:] if not a.startswith("--config.")])
+    assert (child.config, child.topology, child.per_chip_batch) == ("xpsr_sd15", "v5e-8", 5)
+    assert child.compile_only and not child.search_batch
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "--config", "tiny", "--topology", "v5e-8"], "add --compile-only"),
     (["train", "--config", "tiny", "--compile-only"], "needs --topology"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 from xpsr_jax.args import positive_int
@@ -73,19 +74,60 @@ def run_plan(args, config) -> int:
             return EXIT_DOES_NOT_FIT
         return 0
 
-    def probe(batch):
-        return plan_train_step(config, args.topology, batch, config_name=name, count_flops=False)
+    from xpsr_jax.train import plan_cache
 
-    best, probes = search_batch(probe, start=args.per_chip_batch or 1, on_probe=emit)
-    print(json.dumps({"what": "plan_search_batch", "config": name, "topology": probes[0].topology.name,
-                      "largest_per_chip_batch": best,
-                      "probes": [{"per_chip_batch": r.per_chip_batch, "fits": r.fits,
-                                  "peak_bytes": r.memory.peak if r.memory else None,
-                                  "compile_seconds": round(r.compile_seconds, 1)} for r in probes]}), flush=True)
+    probes = []
+
+    def probe(batch):
+        if plan_cache.cache_dir() is not None:  # compile in a fresh process; its figures come back by the cache
+            _compile_in_child(args, batch)
+        probes.append(plan_train_step(config, args.topology, batch, config_name=name, count_flops=False))
+        return probes[-1]
+
+    from xpsr_jax.train.tpu_topology import parse
+
+    summary = {"what": "plan_search_batch", "config": name, "topology": parse(args.topology).name}
+    try:
+        best, _ = search_batch(probe, start=args.per_chip_batch or 1, on_probe=emit)
+    except ProbeFailed as e:
+        best = max((r.per_chip_batch for r in probes if r.fits), default=None)
+        summary["stopped"] = {"per_chip_batch": e.batch, "exit": e.returncode}
+        print(json.dumps(summary | {"largest_per_chip_batch": best, "probes": _probe_list(probes)}), flush=True)
+        print(f"search stopped: {e}; the largest per-chip batch that fitted so far: {best}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary | {"largest_per_chip_batch": best, "probes": _probe_list(probes)}), flush=True)
     if best is None:
         _explain(probes[-1])
         return EXIT_DOES_NOT_FIT
     return 0
+
+
+class ProbeFailed(RuntimeError):
+    def __init__(self, batch: int, returncode: int):
+        why = " (signal 9: most likely the host's out-of-memory killer)" if returncode == -9 else ""
+        super().__init__(f"the compile at {batch} per chip exited with status {returncode}{why}")
+        self.batch, self.returncode = batch, returncode
+
+
+def probe_command(args, batch: int) -> list[str]:
+    """This command line with ``--per-chip-batch batch`` in place of the search."""
+    argv = ["train", "--config", args.config, "--compile-only", "--topology", args.topology,
+            "--per-chip-batch", str(batch), *getattr(args, "config_overrides", [])]
+    return [sys.executable, "-c", "import sys; from xpsr_jax.cli import main; sys.exit(main(sys.argv[1:]))", *argv]
+
+
+def _compile_in_child(args, batch: int) -> None:
+    """One probe's compile in its own process. A process that compiles several SD1.5 programs keeps much of the
+    memory of the earlier ones (measured on a 24 GiB host: the probe after a fitting one was killed for memory),
+    and a probe killed there takes the answers of the earlier probes with it; in a child it takes nothing."""
+    child = subprocess.run(probe_command(args, batch), stdout=subprocess.DEVNULL)
+    if child.returncode not in (0, EXIT_DOES_NOT_FIT):
+        raise ProbeFailed(batch, child.returncode)
+
+
+def _probe_list(probes) -> list[dict]:
+    return [{"per_chip_batch": r.per_chip_batch, "fits": r.fits, "peak_bytes": r.memory.peak if r.memory else None,
+             "compile_seconds": round(r.compile_seconds, 1)} for r in probes]
 
 
 def _explain(report) -> None:
