@@ -98,6 +98,18 @@ def test_kernel_choice_by_length_and_platform():
     assert outer == log + [AttentionCall("xla", 128, 77, 2, 40)]  # recorders nest
 
 
+def test_cudnn_is_chosen_by_the_mesh_platform_not_the_host_backend():
+    """A GPU program lowered ahead of time on a CPU host (a mesh over compile-only GPU devices) gets cuDNN where a
+    GPU host would: the mesh's devices say the platform, as they do for splash on TPU."""
+    from jax._src.mesh import AbstractDevice
+
+    q = jnp.zeros((1, 8, 2, 8), jnp.bfloat16)
+    assert not attention._cudnn_may_accept(q)  # this CPU host, no mesh
+    gpu = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=AbstractDevice("NVIDIA H200", 132, "gpu"))
+    with jax.sharding.use_abstract_mesh(gpu):
+        assert attention._cudnn_may_accept(q) and not attention._cudnn_may_accept(q.astype(jnp.float32))
+
+
 def test_splash_required_refuses_what_it_cannot_take():
     q, k, v, _ = qkv_and_cotangent(128, 256, 2, 40)
     cases = [

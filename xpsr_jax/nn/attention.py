@@ -161,7 +161,7 @@ def _platform() -> str:
 
 
 def _cudnn_may_accept(q: jax.Array) -> bool:
-    return jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+    return _platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
 
 
 class Attention(nn.Module):
