@@ -2,19 +2,23 @@
 
     python bench/sr_memory.py                          # SD1.5 size, 512² output, batch 1 and 8, fp32 + bf16
     python bench/sr_memory.py --batches 8 --dtypes bfloat16
+    python bench/sr_memory.py --target h200            # for an H200, compiled on this host (bench/gpu_target.py)
 
 One JSON line per program and batch: the compiler's memory analysis (arguments, temporaries, outputs, generated
 code), its attention kernels and compile seconds. Nothing is allocated: weights and inputs are shapes only, so a
 CPU host answers for SD1.5 at batch 8. The programs are the ones ``SRPipeline.run_batch`` calls, untiled: the CLIP
 text encoder (four prompts per image), the VAE encoder, the denoise loop (20 steps, CFG) and the VAE decoder.
 
-The kernels are this backend's: on CPU every attention is XLA's, which materialises its (rows, heads, Tq, Tk)
-score matrix; on a GPU, cuDNN takes the bf16/fp16 calls it accepts and the VAE (fp32) keeps XLA's.
+The kernels are the target's: on CPU every attention is XLA's, which materialises its (rows, heads, Tq, Tk)
+score matrix; on a GPU, cuDNN takes the bf16/fp16 calls it accepts and the VAE (fp32) keeps XLA's. ``--target``
+compiles for a GPU this host does not have (XLA's deviceless compile; the arguments placed on a compile-only
+device and traced under its mesh, so the attention policy sees a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -61,13 +65,19 @@ def programs(batch: int, dtype: str, process: int, steps: int):
     ]
 
 
-def measure(name, fn, args) -> dict:
+DTYPE_FREE = ("text_encoder", "vae_encode", "vae_decode")
+
+
+def measure(name, fn, args, mesh=None) -> dict:
     import jax
 
     from xpsr_jax.nn import attention
 
+    if mesh is not None:  # every argument on the mesh's (compile-only) device, replicated
+        on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_mesh), args)
     t0 = time.perf_counter()
-    with attention.recording() as log:
+    with attention.recording() as log, jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         lowered = fn.lower(*args)
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
@@ -81,7 +91,7 @@ def measure(name, fn, args) -> dict:
             "argument_gib": gib(m.argument_size_in_bytes), "temp_gib": gib(m.temp_size_in_bytes),
             "output_gib": gib(m.output_size_in_bytes), "code_mib": round(m.generated_code_size_in_bytes / 2**20, 1),
             "peak_gib": gib(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                            - m.alias_size_in_bytes), "backend": jax.default_backend()}
+                            - m.alias_size_in_bytes)}
 
 
 def main() -> None:
@@ -91,15 +101,33 @@ def main() -> None:
     p.add_argument("--process-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--only", nargs="+", help="program names to compile (default: all four)")
+    p.add_argument("--target", choices=("h200",),
+                   help="compile for this GPU instead of this host's backend (needs the CUDA plugin: bench/gpu_target.py)")
     args = p.parse_args()
+    mesh = None
+    if args.target:
+        import gpu_target
+
+        gpu_target.prepare_environment()
+        mesh = gpu_target.mesh(args.target)
     device = common.device_facts()
+    if mesh is not None:
+        import os
+
+        device = {"device": mesh.devices.flat[0].device_kind, "backend": "gpu",
+                  "compiled_on": "a host without the GPU (XLA deviceless compile)", "jax": device["jax"],
+                  "xla_flags": os.environ["XLA_FLAGS"]}
+    done = set()
     for dtype in args.dtypes:
         for batch in args.batches:
             for name, fn, fn_args in programs(batch, dtype, args.process_size, args.steps):
-                if args.only and name not in args.only:
+                # the text encoder and the VAE run in fp32 whatever --dtype says: one line per batch for them
+                key = (name, batch) if name in DTYPE_FREE else (name, batch, dtype)
+                if (args.only and name not in args.only) or key in done:
                     continue
+                done.add(key)
                 line = {"what": "sr_memory", "batch": batch, "dtype": dtype, "process_px": args.process_size,
-                        "steps": args.steps} | measure(name, fn, fn_args) | device
+                        "steps": args.steps} | measure(name, fn, fn_args, mesh) | device
                 print(json.dumps(line), flush=True)
 
 
