@@ -279,7 +279,8 @@ def search_batch(plan: Callable[[int], FitReport], start: int = 1, limit: int = 
     the line through the two probes whose peaks lie nearest the chip's HBM (with one probe: through its
     batch-independent arguments) says where the HBM runs out; the prediction is kept inside the bracket known so
     far (largest fitting, smallest failing batch) and, before any failure, within ``GROWTH`` times the largest
-    fitting batch. A probe refused for its size counts with the size the compiler asked for. Without figures it
+    fitting batch. Where the peaks near the HBM stop growing (the compiler rematerialises to fit), the step past
+    the largest fitting batch doubles instead. A probe refused for its size counts with the size the compiler asked for. Without figures it
     doubles from ``start`` to the first failure, then bisects. It ends when the bracket closes.
     -> (largest fitting batch or None, the probes in order)."""
     probes: list[FitReport] = []
@@ -332,6 +333,9 @@ def _predicted_batch(probes: list[FitReport]) -> int | None:
         (b1, p1), (b2, p2) = sorted(points, key=lambda p: abs(p[1] - hbm))[:2]
         slope = (p2 - p1) / (b2 - b1)
         intercept = p1 - slope * b1
-    if slope <= 0:
-        return None
+    if slope <= 0:  # peaks near the HBM that stop growing: the compiler is rematerialising to fit, so the line
+        # says nothing about the wall; go on past the largest fitting batch at twice its last step (a doubling
+        # from there would compile a program twice too large, which costs as much and tells less)
+        fitting = sorted(r.per_chip_batch for r in probes if r.fits)
+        return fitting[-1] + 2 * (fitting[-1] - fitting[-2]) if len(fitting) >= 2 else None
     return max(1, int((hbm - intercept) // slope))
