@@ -82,3 +82,9 @@ def mesh(name: str):
     cudnn_checks.is_cuda_compute_capability_equal = lambda wanted: capability == as_tuple(wanted)
     topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1", target_config=config)
     return topologies.make_mesh(topology, (1,), ("batch",))
+
+
+def facts(mesh) -> dict:
+    """What a result line compiled for ``mesh``'s GPU says of its device (merged over the host's facts)."""
+    return {"device": mesh.devices.flat[0].device_kind, "backend": "gpu",
+            "compiled_on": "a host without the GPU (XLA deviceless compile)", "xla_flags": os.environ["XLA_FLAGS"]}

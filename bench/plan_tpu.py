@@ -95,6 +95,7 @@ def sd15_config(cell: Cell):
 
 def measure(cell, search_start: int = 8, search_limit: int = 1024) -> list[dict]:
     from xpsr_jax.train.plan import plan_train_step, search_batch
+    from xpsr_jax.train.plan_cli import ProbeFailed
 
     tag = {"cell": str(cell), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if isinstance(cell, SamplingCell):
@@ -132,12 +133,6 @@ def measure(cell, search_start: int = 8, search_limit: int = 1024) -> list[dict]
     summary |= {"largest_per_chip_batch": best, "probes": [r.per_chip_batch for r in probes],
                 "fits": [r.fits for r in probes]}
     return [summary]
-
-
-class ProbeFailed(RuntimeError):
-    def __init__(self, batch: int, returncode: int):
-        super().__init__(f"the compile at {batch} per chip exited with {returncode}")
-        self.batch, self.returncode = batch, returncode
 
 
 def compile_probe(cell: Cell, batch: int) -> None:

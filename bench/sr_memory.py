@@ -112,11 +112,7 @@ def main() -> None:
         mesh = gpu_target.mesh(args.target)
     device = common.device_facts()
     if mesh is not None:
-        import os
-
-        device = {"device": mesh.devices.flat[0].device_kind, "backend": "gpu",
-                  "compiled_on": "a host without the GPU (XLA deviceless compile)", "jax": device["jax"],
-                  "xla_flags": os.environ["XLA_FLAGS"]}
+        device = {"jax": device["jax"]} | gpu_target.facts(mesh)
     done = set()
     for dtype in args.dtypes:
         for batch in args.batches:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def measure(config_name: str, batch: int, cached: bool, devices) -> dict:
-    from xpsr_jax.nn import attention
     from xpsr_jax.train import partition
     from xpsr_jax.train.cli import load_config
+    from xpsr_jax.train.plan import ChipMemory, count_attention_kernels, kernel_totals
     from xpsr_jax.train.trainer import lower_step, plan_state
 
     overrides = [f"--config.global_batch_size={batch}"]
@@ -33,20 +32,16 @@ def measure(config_name: str, batch: int, cached: bool, devices) -> dict:
     config = load_config(config_name, overrides)
     mesh = partition.make_mesh(tuple(tuple(a) for a in config.mesh.shape), devices)
     t0 = time.perf_counter()
-    with attention.recording() as log:
+    with count_attention_kernels() as kernels:
         lowered = lower_step(config, plan_state(config, mesh))
     t1 = time.perf_counter()
-    m = lowered.compile().memory_analysis()
-    kernels: dict[str, int] = {}
-    for c in log:
-        kernels[c.impl] = kernels.get(c.impl, 0) + 1
-    peak = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    m = ChipMemory.from_compiled(lowered.compile())
     gib = lambda b: round(b / 2**30, 2)  # noqa: E731
     return {"what": "train_step_memory", "config": config_name, "batch": batch, "cached_encoders": cached,
-            "lower_s": round(t1 - t0, 1), "compile_s": round(time.perf_counter() - t1, 1), "attention": kernels,
-            "argument_gib": gib(m.argument_size_in_bytes), "temp_gib": gib(m.temp_size_in_bytes),
-            "output_gib": gib(m.output_size_in_bytes), "alias_gib": gib(m.alias_size_in_bytes),
-            "program_memory_bytes": peak, "peak_gib": gib(peak)}
+            "lower_s": round(t1 - t0, 1), "compile_s": round(time.perf_counter() - t1, 1),
+            "attention": kernel_totals(kernels), "argument_gib": gib(m.arguments), "temp_gib": gib(m.temporaries),
+            "output_gib": gib(m.outputs), "alias_gib": gib(m.aliased), "program_memory_bytes": m.peak,
+            "peak_gib": gib(m.peak)}
 
 
 def main() -> None:
@@ -56,18 +51,16 @@ def main() -> None:
     p.add_argument("--cached", action="store_true", help="the step from cached VAE latents and text embeddings")
     p.add_argument("--target", choices=("h200",), help="compile for this GPU (bench/gpu_target.py)")
     args = p.parse_args()
+    mesh = None
     if args.target:
         import gpu_target
 
         gpu_target.prepare_environment()
-        devices = list(gpu_target.mesh(args.target).devices.flat)
+        mesh = gpu_target.mesh(args.target)
     import jax
 
-    if not args.target:
-        devices = jax.devices()[:1]
-    facts = {"device": devices[0].device_kind, "jax": jax.__version__}
-    if args.target:
-        facts |= {"compiled_on": "a host without the GPU (XLA deviceless compile)", "xla_flags": os.environ["XLA_FLAGS"]}
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    facts = {"device": devices[0].device_kind, "jax": jax.__version__} | (gpu_target.facts(mesh) if mesh is not None else {})
     for batch in args.batches:
         print(json.dumps(measure(args.config, batch, args.cached, devices) | facts), flush=True)
 
